@@ -1,0 +1,261 @@
+"""Model benchmark: training images/s and inference frames/s of the default models.
+
+    .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N]
+
+For the default image model (ConvAutoencoder, 3 channels) and video model (FramePredictor,
+1 channel) of params.yaml, at each size and at batch 1 and 32:
+
+- inference frames/s: image = ``to_tensor`` + model + heat-map post-processing
+  (``vigil.evaluation.postprocess.smooth_map`` + ``image_score``, when that module is present);
+  video = one streaming ``step`` per frame for a batch of streams, error map included;
+- training images/s: forward + backward + Adam step (video: clips of ``prepare.video.clip_len``,
+  counted in frames);
+- peak memory (RSS high-water of the worker process that ran that model and size);
+- achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``) as a
+  fraction of this machine's 3x3-convolution and dense-matmul GFLOP/s, measured in the same run.
+
+Every configuration runs in a fresh process twice: with glibc's default malloc, and with
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that large
+activation buffers are not returned to the OS after every call (DESIGN.md, known traps).
+Figures depend on what else runs on the machine: the output prints the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+TUNED_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(1 << 29),
+}
+
+
+def timed_rate(
+    fn, items_per_call: int, seconds: float, min_calls: int = 2, warm_up: bool = True
+) -> float:
+    """Items per second of ``fn()`` (after one warm-up call) over >= ``seconds``."""
+    if warm_up:
+        fn()
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    return calls * items_per_call / (time.perf_counter() - start)
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def machine_peaks(seconds: float) -> dict[str, float]:
+    """GFLOP/s of a 3x3 convolution (64 -> 64 channels, 8 x 128 x 128) and of a 2048^2 matmul."""
+    import torch
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
+    x = torch.rand(8, 64, 128, 128)
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    with torch.inference_mode():
+        conv_flops = count_flops(lambda: conv(x))
+        conv_rate = timed_rate(lambda: conv(x), 1, seconds)
+        mm_rate = timed_rate(lambda: torch.mm(a, b), 1, seconds)
+    return {"conv3x3_gflops": conv_flops * conv_rate / 1e9, "mm_gflops": 2 * 2048**3 * mm_rate / 1e9}
+
+
+def build(modality: str, size: int):
+    from vigil.config import load_params
+    from vigil.models import build_model, model_spec
+
+    params = load_params(ROOT / "params.yaml")
+    prep = params.prepare.image if modality == "image" else params.prepare.video
+    prep = prep.model_copy(update={"size": (size, size)})
+    cfg = params.model.image if modality == "image" else params.model.video
+    spec = model_spec(modality, prep.channels, (size, size), cfg, prep=prep)
+    return build_model(spec), prep, params
+
+
+def heat_map_postprocess(params):
+    """(error maps (N, H, W) -> scores) of the evaluation module, or None when it is absent."""
+    try:
+        from vigil.evaluation.postprocess import image_score, smooth_map
+    except ImportError:
+        return None
+    cfg = params.evaluate
+    return lambda maps: image_score(smooth_map(maps, cfg), cfg)
+
+
+def bench_image(size: int, batches: list[int], seconds: float) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from vigil.data.preprocess import to_tensor
+
+    model, prep, params = build("image", size)
+    post = heat_map_postprocess(params)
+    rows = []
+    for batch in batches:
+        frames = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                out = model(to_tensor(frames, prep))
+                if post is not None:
+                    post(out.error_map[:, 0].numpy())
+
+        with torch.inference_mode():
+            flops = count_flops(lambda: model(to_tensor(frames, prep)))
+        infer_rate = timed_rate(infer, batch, seconds)
+        train_rate, train_flops = bench_training(model, to_tensor(frames, prep), batch, seconds)
+        rows.append(result_row("image", size, batch, infer_rate, flops / batch, train_rate,
+                               train_flops / batch, post is not None))
+    return rows
+
+
+def bench_video(size: int, batches: list[int], seconds: float) -> list[dict]:
+    import torch
+
+    model, prep, params = build("video", size)
+    clip_len = params.prepare.video.clip_len
+    rows = []
+    for batch in batches:
+        frame = torch.rand(batch, prep.channels, size, size)
+        model.eval()
+        state = [model.init_state(batch, size, size)]
+
+        def infer():
+            with torch.inference_mode():
+                pred, state[0] = model.step(frame, state[0])
+                (pred - frame).pow(2).mean(dim=1)  # the frame's error map
+
+        with torch.inference_mode():
+            flops = count_flops(lambda: model.step(frame, None))
+        infer_rate = timed_rate(infer, batch, seconds)
+        clips = torch.rand(batch, clip_len, prep.channels, size, size)
+        train_rate, train_flops = bench_training(model, clips, batch * clip_len, seconds)
+        rows.append(result_row("video", size, batch, infer_rate, flops / batch, train_rate,
+                               train_flops / (batch * clip_len), True))
+    return rows
+
+
+def bench_training(model, inputs, frames: int, seconds: float) -> tuple[float, float]:
+    """(frames/s, FLOPs per step) of forward + backward + Adam on ``inputs``."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = model(inputs)
+        out.error_map.mean().backward()
+        optimizer.step()
+
+    flops = count_flops(step)  # also the warm-up step
+    return timed_rate(step, frames, seconds, min_calls=1, warm_up=False), flops
+
+
+def result_row(modality, size, batch, infer_rate, infer_flops, train_rate, train_flops, heat):
+    return {
+        "model": modality, "size": size, "batch": batch,
+        "infer_fps": infer_rate, "infer_gflop_per_frame": infer_flops / 1e9,
+        "infer_gflops": infer_rate * infer_flops / 1e9,
+        "train_fps": train_rate, "train_gflops": train_rate * train_flops / 1e9,
+        "heat_map_included": heat,
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.worker == "peaks":
+        out = machine_peaks(args.seconds)
+    else:
+        modality, size = args.worker.split(":")
+        fn = bench_image if modality == "image" else bench_video
+        out = {"rows": fn(int(size), args.batches, args.seconds)}
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_worker(job: str, env_extra: dict[str, str], args: argparse.Namespace) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env_extra
+    cmd = [sys.executable, __file__, "--worker", job, "--seconds", str(args.seconds),
+           "--threads", str(args.threads), "--batches", *map(str, args.batches)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"worker {job} failed:\n{done.stderr[-3000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--malloc", choices=["both", "default", "tuned"], default="both")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    variants = {"default": {}, "tuned": TUNED_MALLOC}
+    if args.malloc != "both":
+        variants = {args.malloc: variants[args.malloc]}
+    print(f"threads {args.threads}, load average before: {os.getloadavg()[0]:.2f}")
+    report = {}
+    for name, env in variants.items():
+        peaks = run_worker("peaks", env, args)
+        print(f"\n[malloc {name}] 3x3 conv {peaks['conv3x3_gflops']:.0f} GFLOP/s, "
+              f"matmul {peaks['mm_gflops']:.0f} GFLOP/s")
+        print(f"{'model':6} {'size':>4} {'batch':>5} {'infer f/s':>10} {'GFLOP/f':>8} "
+              f"{'GFLOP/s':>8} {'%conv':>6} {'%mm':>5} {'train f/s':>10} {'GFLOP/s':>8} "
+              f"{'%conv':>6} {'peak MiB':>9}")
+        rows = []
+        for modality in ("image", "video"):
+            for size in args.sizes:
+                out = run_worker(f"{modality}:{size}", env, args)
+                for row in out["rows"]:
+                    row["peak_rss_mib"] = out["peak_rss_mib"]
+                    rows.append(row)
+                    print(f"{row['model']:6} {row['size']:>4} {row['batch']:>5} "
+                          f"{row['infer_fps']:>10.1f} {row['infer_gflop_per_frame']:>8.3f} "
+                          f"{row['infer_gflops']:>8.1f} "
+                          f"{100 * row['infer_gflops'] / peaks['conv3x3_gflops']:>5.0f}% "
+                          f"{100 * row['infer_gflops'] / peaks['mm_gflops']:>4.0f}% "
+                          f"{row['train_fps']:>10.1f} {row['train_gflops']:>8.1f} "
+                          f"{100 * row['train_gflops'] / peaks['conv3x3_gflops']:>5.0f}% "
+                          f"{row['peak_rss_mib']:>9.0f}")
+        report[name] = {"peaks": peaks, "rows": rows}
+    target = [r for r in report.get("tuned", report.get("default", {})).get("rows", [])
+              if r["model"] == "image" and r["size"] == 256]
+    if target:
+        best = max(r["infer_fps"] for r in target)
+        print(f"\ntarget: default image model at 256x256 >= 55 frames/s incl. heat map: "
+              f"{best:.1f} frames/s ({'met' if best >= 55 else 'NOT met'})")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""DVC stage `train@<dataset>`: train the chosen model on normal data, log one MLflow run.
+
+    python pipelines/train.py --dataset capsules [--params params.yaml]
+        [--best-config models/capsules/best_config.json] [--out models/capsules]
+        [--data data/prepared/capsules]
+
+If the best-config file (written by the sweep stage) exists and has a `model` mapping, it
+replaces the params' model section for this dataset's modality. Writes `<out>/model.json`,
+`<out>/weights.safetensors` and `<out>/train.json` (run id, objective, epochs), each atomically.
+Checkpoints go to `<out>/checkpoints/`; rerunning after an interruption resumes from them.
+Exit status 2 with a message for bad params, data or tracking store; 1 if training diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from vigil.config import ConfigError, ImageModelConfig, Params, VideoModelConfig, load_params
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, help="a key of data.datasets in the params file")
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    parser.add_argument("--best-config", type=Path, help="default models/<dataset>/best_config.json")
+    parser.add_argument("--out", type=Path, help="default models/<dataset>")
+    parser.add_argument("--data", type=Path, help="prepared dataset (default data/prepared/<dataset>)")
+    return parser.parse_args(argv)
+
+
+def best_model_config(
+    path: Path, modality: str
+) -> ImageModelConfig | VideoModelConfig | None:
+    """The sweep's chosen model config, or None when the file or its `model` key is absent."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON: {error}") from None
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if model is None:
+        return None
+    cls = ImageModelConfig if modality == "image" else VideoModelConfig
+    try:
+        return cls.model_validate(model)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: invalid 'model' for a {modality} dataset: {error}") from None
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=1)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace, params: Params) -> dict:
+    from vigil.training import fit
+
+    spec = params.dataset(args.dataset)
+    out = args.out or Path("models") / args.dataset
+    best = best_model_config(args.best_config or out / "best_config.json", spec.modality)
+    data = args.data or Path("data/prepared") / args.dataset
+    result = fit(params, data, out, model_cfg=best, run_name=f"train-{args.dataset}")
+    summary = {
+        "dataset": args.dataset,
+        "run_id": result.run_id,
+        "objective": result.objective,
+        "epochs": result.epochs,
+        "wall_time_s": round(result.wall_time_s, 2),
+        "model_from": "best_config" if best is not None else "params",
+    }
+    write_json_atomic(out / "train.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vigil.data.prepared import PreparedDataError
+    from vigil.models.lightning import NonFiniteLossError
+    from vigil.registry.tracking import TrackingError
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(args.params)
+        summary = run(args, params)
+    except (ConfigError, PreparedDataError, TrackingError, ValueError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"train: training diverged: {error}", file=sys.stderr)
+        return 1
+    print(f"trained {args.dataset}: val_loss {summary['objective']:.5f} after "
+          f"{summary['epochs']} epochs in {summary['wall_time_s']} s (run {summary['run_id']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Typed, strict settings: one model per params.yaml section (unknown keys are errors).
+
+Every experiment knob lives in params.yaml, grouped by the DVC stage that reads it. URIs and
+secrets never live there: they come from the environment (``MLFLOW_TRACKING_URI``,
+``VIGIL_OPTUNA_STORAGE``). When unset, embedded stores are resolved to absolute paths in the
+project root, so ``dvc exp run --temp`` (which runs in ``.dvc/tmp/exps/<random>/``) does not
+write its tracking database into a folder DVC deletes afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A params file or a field in it is wrong; the message names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+class DatasetSpec(Strict):
+    """One dataset the pipeline runs on.
+
+    ``source`` is a folder (MVTec layout for images; video files or ``frames/<clip>/`` folders for
+    video). The built-in datasets are generated into ``data/raw/<name>`` by the ``generate``
+    stage, so pointing ``source`` at your own folder is the only change needed to use your data.
+    """
+
+    source: str
+    modality: Literal["image", "video"]
+    labels_csv: str | None = None  # video only: CSV with video,frame_file,label columns
+
+
+class DataConfig(Strict):
+    datasets: dict[str, DatasetSpec]
+    extra_dir: str = "data/extra"  # normal data added by `vigil ingest`: <extra_dir>/<dataset>/
+
+    @field_validator("datasets")
+    @classmethod
+    def _names_are_safe(cls, value: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+        if not value:
+            raise ValueError("at least one dataset is required")
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"dataset name {name!r} must be letters, digits, '-' or '_'")
+        return value
+
+
+# --- generate (built-in synthetic datasets) --------------------------------------------------
+
+
+class CapsulesGen(Strict):
+    image_size: int = Field(128, ge=32)
+    n_train: int = Field(240, ge=1)
+    n_test_good: int = Field(60, ge=1)
+    n_test_per_defect: int = Field(15, ge=1)
+
+
+class PrintGen(Strict):
+    frame_size: int = Field(96, ge=32)
+    fps: int = Field(30, ge=1)
+    n_train_videos: int = Field(6, ge=1)
+    n_test_videos: int = Field(4, ge=1)
+    frames_per_video: int = Field(120, ge=8)
+    anomalies_per_test_video: int = Field(2, ge=1)
+
+
+class GenerateConfig(Strict):
+    seed: int = 0
+    capsules: CapsulesGen = CapsulesGen()
+    print: PrintGen = PrintGen()
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+
+class ImagePrep(Strict):
+    """Preprocessing shared by the prepare stage and serving (one code path)."""
+
+    size: tuple[int, int] = (64, 64)  # (height, width) after resize
+    channels: Literal[1, 3] = 3  # 1 = gray, 3 = RGB (converted from OpenCV's BGR)
+    equalize: Literal["none", "hist", "clahe"] = "none"
+    clahe_clip: float = Field(2.0, gt=0)
+    roi: tuple[int, int, int, int] | None = None  # x, y, w, h in source pixels, before resize
+    align: Literal["none", "ecc", "phase"] = "none"  # register each frame to a reference
+    normalize: Literal["unit", "zscore"] = "unit"  # unit: [0, 1]; zscore: per-image standardize
+
+
+class VideoPrep(ImagePrep):
+    fps: float | None = None  # resample to this rate; None keeps the source rate
+    clip_len: int = Field(8, ge=2)  # frames per training clip
+
+
+class SplitConfig(Strict):
+    val_fraction: float = Field(0.15, gt=0, lt=1)  # of the normal training items
+    tune_fraction: float = Field(0.5, gt=0, lt=1)  # of the labelled test items; the rest is test
+    seed: int = 0
+
+
+class PrepareConfig(Strict):
+    image: ImagePrep = ImagePrep()
+    video: VideoPrep = VideoPrep()
+    split: SplitConfig = SplitConfig()
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)  # more unreadable files than this: error
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+class ImageModelConfig(Strict):
+    """Convolutional autoencoder; encoding = latent_channels x (H / 2**depth) x (W / 2**depth)."""
+
+    depth: int = Field(3, ge=1, le=6)
+    filters: int = Field(32, ge=1)  # filters of the first block; doubled per block, capped at 256
+    latent_channels: int = Field(16, ge=1)
+    batch_norm: bool = False
+    skip: bool = False  # skip connections let anomalies through: off by default
+    error_head: bool = False  # 1-filter conv that predicts the model's own error
+
+
+class VideoModelConfig(Strict):
+    """CNN encoder + ConvLSTM + decoder predicting frame t+1 from frames <= t."""
+
+    encoder_depth: int = Field(2, ge=1, le=5)
+    filters: int = Field(32, ge=1)
+    hidden_channels: int = Field(32, ge=1)
+    error_head: bool = False
+
+
+class ModelConfig(Strict):
+    image: ImageModelConfig = ImageModelConfig()
+    video: VideoModelConfig = VideoModelConfig()
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+class TrainConfig(Strict):
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    loss: Literal["mse", "ssim", "mse+ssim"] = "mse"
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    log_images_every_n_epochs: int = Field(5, ge=1)
+    accelerator: str = "auto"
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+
+class SweepConfig(Strict):
+    n_trials: int = Field(8, ge=0)  # 0 skips the sweep: the configured model is used as is
+    sampler: Literal["tpe", "grid", "random"] = "tpe"
+    epochs_per_trial: int = Field(3, ge=1)
+    seed: int = 0
+    storage: str | None = None  # Optuna storage URL; None: VIGIL_OPTUNA_STORAGE or SQLite
+    max_normal_error: float = Field(0.05, gt=0)  # cap on mean normal error (degenerate optimum)
+    pruning: bool = True
+    space: str = "configs/search_space.yaml"
+
+
+# --- evaluate, gate, register ----------------------------------------------------------------
+
+
+class EvaluateConfig(Strict):
+    score: Literal["mean", "max", "topk_mean"] = "topk_mean"
+    topk_fraction: float = Field(0.02, gt=0, le=1)
+    median_blur: int = Field(7, ge=1)
+    use_error_head: bool = False
+    pixel_threshold_quantile: float = Field(0.99, gt=0, lt=1)  # of normal val pixel errors
+    min_area: int = Field(10, ge=0)  # connected components smaller than this are dropped
+    smoothing_window: int = Field(5, ge=1)  # video: moving average over frame scores
+    n_report_examples: int = Field(6, ge=0)
+
+
+class GateConfig(Strict):
+    precision: float = Field(0.9, gt=0, le=1)
+    min_recall: float = Field(0.8, ge=0, le=1)
+    champion_tolerance: float = Field(0.02, ge=0, le=1)
+
+
+class RegisterConfig(Strict):
+    model_name_prefix: str = "vigil"
+
+
+# `register` is a params.yaml section (the register stage); pydantic warns that the name shadows
+# ABCMeta.register, which no code here uses on Params.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class Params(Strict):
+    data: DataConfig
+    generate: GenerateConfig = GenerateConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sweep: SweepConfig = SweepConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    register: RegisterConfig = RegisterConfig()
+
+    def dataset(self, name: str) -> DatasetSpec:
+        try:
+            return self.data.datasets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.data.datasets))
+            raise ConfigError(f"unknown dataset {name!r} (data.datasets has: {known})") from None
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (typo?)")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: Path | str = "params.yaml") -> Params:
+    """Validate a params mapping; raises ConfigError naming the file and every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(Path(path), error)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, path)
+
+
+# --- locations -------------------------------------------------------------------------------
+
+
+def project_root(start: Path | str | None = None) -> Path:
+    """The project root, seen through DVC's temporary experiment copies.
+
+    ``dvc exp run --temp/--queue`` runs stages in ``<root>/.dvc/tmp/exps/<random>/``; embedded
+    stores must live in the real root, which outlives that folder.
+    """
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri(root: Path | str | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the project root."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{project_root(root) / 'mlflow.db'}"
+
+
+def artifact_root(root: Path | str | None = None) -> str:
+    """Where the embedded store keeps artifacts: ``mlartifacts/`` beside ``mlflow.db``."""
+    return (project_root(root) / "mlartifacts").as_uri()
+
+
+def optuna_storage(configured: str | None, root: Path | str | None = None) -> str:
+    """Storage URL: params value, else VIGIL_OPTUNA_STORAGE, else SQLite in the project root."""
+    return (
+        configured
+        or os.environ.get("VIGIL_OPTUNA_STORAGE")
+        or f"sqlite:///{project_root(root) / 'optuna.db'}"
+    )

@@ -1,0 +1,90 @@
+"""vigil.serving: pull the registry's champion, score images, clips and live streams.
+
+Modules: ``pull`` (alias -> verified local package + manifest), ``loader`` (package -> scorer),
+``follow`` (poll the alias, swap the scorer atomically), ``app`` (FastAPI service), ``watch``
+(stream scoring with alerts), ``cli`` (``vigil pull|serve|watch``).
+
+This module holds the serving settings read from ``configs/serving.yaml``: strict (unknown keys
+are errors), so a typo in the file fails at start-up instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from vigil.config import ConfigError, Strict
+
+DEFAULT_CONFIG = "configs/serving.yaml"
+
+
+class ServerSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    torch_threads: int = Field(1, ge=1)  # intra-op threads per inference call
+    max_concurrent_inference: int = Field(2, ge=1)  # forward passes running at once
+
+
+class FollowSettings(Strict):
+    """Polling the registry alias; a new version is loaded in the background and swapped in."""
+
+    enabled: bool = True
+    alias: str = "champion"
+    poll_interval_s: float = Field(30.0, gt=0)
+
+
+class LimitSettings(Strict):
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1)  # 413 above this
+    max_image_side: int = Field(4096, ge=1)  # 413 when width or height is larger
+    max_batch: int = Field(64, ge=1)  # images per /score/batch request
+    max_clip_frames: int = Field(600, ge=2)  # frames per /score/clip request
+
+
+class WatchSettings(Strict):
+    """``vigil watch``: smoothing and alerting on a stream."""
+
+    smoothing_window: int | None = Field(None, ge=1)  # None: the model's evaluate setting
+    alert_frames: int = Field(5, ge=1)  # smoothed score above threshold this many frames: alert
+    webhook_timeout_s: float = Field(2.0, gt=0)
+    timeline_frames: int = Field(240, ge=8)  # frames shown in the output video's score strip
+    read_queue: int = Field(8, ge=1)  # decoded frames buffered ahead of inference
+
+
+class ServingConfig(Strict):
+    server: ServerSettings = ServerSettings()
+    follow: FollowSettings = FollowSettings()
+    limits: LimitSettings = LimitSettings()
+    watch: WatchSettings = WatchSettings()
+
+
+def load_serving_config(path: Path | str | None = DEFAULT_CONFIG) -> ServingConfig:
+    """Read and validate ``configs/serving.yaml``; ``None`` or a missing default -> defaults.
+
+    Raises ConfigError naming the file and every bad key.
+    """
+    if path is None:
+        return ServingConfig()
+    path = Path(path)
+    if not path.is_file():
+        if str(path) == DEFAULT_CONFIG:
+            return ServingConfig()
+        raise ConfigError(f"{path}: serving config not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return ServingConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = [f"{path}: invalid serving settings"]
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                lines.append(f"  {key}: unknown key (typo?)")
+            else:
+                lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None

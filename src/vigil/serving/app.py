@@ -1,0 +1,389 @@
+"""The HTTP scoring service: ``create_app(holder, config)`` -> FastAPI app.
+
+Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+
+- ``GET /health``: liveness (the process answers).
+- ``GET /ready``: 200 ``ready`` or ``degraded`` (a model is loaded but the registry cannot be
+  reached; the loaded model keeps serving).
+- ``GET /model``: name, version, alias, threshold, modality, input size, metrics.
+- ``POST /score``: one image, as the raw body (``image/*`` or ``application/octet-stream``) or as
+  multipart field ``file``; ``?heatmap=true`` adds the heat map PNG as base64.
+- ``POST /score/heatmap``: the same input, answered with the heat map PNG itself (score in headers).
+- ``POST /score/batch``: images as multipart fields ``files`` (scored independently).
+- ``POST /score/clip``: frames in time order as multipart fields ``files`` (video models carry
+  their state across them; image models score each frame).
+
+Every answer names the model version that produced it. Bad input gets a 4xx with a message: 413
+for bodies over ``limits.max_request_bytes`` or images over ``limits.max_image_side``, 422 for
+non-image bytes, truncated files, unsupported channel counts and empty batches. With
+``VIGIL_API_TOKEN`` set, scoring endpoints require ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hmac
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from vigil import __version__
+from vigil.serving import ServingConfig
+from vigil.serving.follow import ModelHolder
+from vigil.serving.loader import FrameScore, Scorer, encode_png
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "VIGIL_API_TOKEN"
+RAW_TYPES = ("image/", "application/octet-stream")
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+_FILES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                    "required": ["files"],
+                }
+            }
+        },
+    }
+}
+
+
+class InputError(HTTPException):
+    """A request whose input cannot be scored; ``status`` 413 or 422 with a specific message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status_code=status, detail=message)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a declared Content-Length over ``limit``, before reading it.
+
+    (Bodies without a length are capped while read, in ``_read_limited``.)
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                detail = (
+                    f"request body of {int(length)} bytes exceeds the limit of {self.limit} bytes"
+                )
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> FastAPI:
+    """The service answering with ``holder.current``; ``config`` gives limits and threads."""
+    config = config or ServingConfig()
+    torch.set_num_threads(config.server.torch_threads)
+    executor = ThreadPoolExecutor(
+        max_workers=config.server.max_concurrent_inference, thread_name_prefix="vigil-score"
+    )
+    run = _runner(executor, config.limits.max_image_side)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="vigil scoring service",
+        version=__version__,
+        description="Visual anomaly scores and heat maps from the registry's champion model.",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    app.state.config = config
+    limits = config.limits
+    auth = _auth_dependency(os.environ.get(TOKEN_ENV))
+
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+
+    @app.get("/health", tags=["status"])
+    def health() -> dict[str, str]:
+        """Liveness: the process is up."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["status"])
+    def ready() -> dict[str, Any]:
+        """Readiness: ``ready``, or ``degraded`` when the registry is unreachable."""
+        registry = holder.registry
+        scorer = holder.current
+        status = "degraded" if registry.reachable is False else "ready"
+        return {
+            "status": status,
+            "model": scorer.info.name,
+            "model_version": scorer.info.version,
+            "registry_reachable": registry.reachable,
+            "registry_error": registry.error,
+        }
+
+    @app.get("/model", tags=["status"])
+    def model_info() -> dict[str, Any]:
+        """The model answering now: name, version, threshold, input size, metrics."""
+        registry = holder.registry
+        return {
+            **holder.current.info.as_dict(),
+            "refused_versions": registry.refused or {},
+        }
+
+    @app.post("/score", tags=["scoring"], dependencies=[auth], openapi_extra=_IMAGE_BODY)
+    async def score(request: Request, heatmap: bool = Query(False)) -> dict[str, Any]:
+        """Score one image; ``heatmap=true`` adds the overlay PNG (base64)."""
+        started = time.perf_counter()
+        scorer = holder.current
+        data, name = await _one_image_body(request, limits.max_request_bytes)
+        result = (await run(scorer.score_images, [(data, name)], heatmap))[0]
+        return _answer(scorer, result, started, heatmap)
+
+    @app.post(
+        "/score/heatmap",
+        tags=["scoring"],
+        dependencies=[auth],
+        openapi_extra=_IMAGE_BODY,
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def score_heatmap(request: Request) -> Response:
+        """Score one image and answer with its heat map PNG; the score is in the headers."""
+        started = time.perf_counter()
+        scorer = holder.current
+        data, name = await _one_image_body(request, limits.max_request_bytes)
+        result = (await run(scorer.score_images, [(data, name)], True))[0]
+        answer = _answer(scorer, result, started, False)
+        headers = {f"X-Vigil-{k.replace('_', '-')}": str(v) for k, v in answer.items()}
+        return Response(encode_png(result.heatmap), media_type="image/png", headers=headers)
+
+    @app.post("/score/batch", tags=["scoring"], dependencies=[auth], openapi_extra=_FILES_BODY)
+    async def score_batch(request: Request, heatmap: bool = Query(False)) -> dict[str, Any]:
+        """Score several images independently (multipart fields ``files``)."""
+        started = time.perf_counter()
+        scorer = holder.current
+        images = await _many_images(request, limits.max_batch, "batch")
+        results = await run(scorer.score_images, images, heatmap)
+        return _many_answer(scorer, results, started, heatmap)
+
+    @app.post("/score/clip", tags=["scoring"], dependencies=[auth], openapi_extra=_FILES_BODY)
+    async def score_clip(request: Request, heatmap: bool = Query(False)) -> dict[str, Any]:
+        """Score frames in time order (multipart fields ``files``); video models carry state."""
+        started = time.perf_counter()
+        scorer = holder.current
+        images = await _many_images(request, limits.max_clip_frames, "clip")
+        if scorer.is_video and len(images) < 2:
+            raise InputError(422, "a clip for a video model needs at least 2 frames")
+        results = await run(scorer.score_clip, images, heatmap)
+        return _many_answer(scorer, results, started, heatmap)
+
+    return app
+
+
+# --- request parsing ---------------------------------------------------------------------------
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) once it grows past ``limit`` (chunked uploads included)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _one_image_body(request: Request, limit: int) -> tuple[bytes, str]:
+    """(bytes, name) of the single image in a raw or multipart body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InputError(422, "multipart body has no file field 'file'")
+        return await upload.read(), upload.filename or "file"
+    if content_type and not content_type.startswith(RAW_TYPES):
+        raise InputError(
+            415,
+            f"unsupported content type {content_type!r}: send image bytes (image/*, "
+            "application/octet-stream) or multipart/form-data with a 'file' field",
+        )
+    data = await _read_limited(request, limit)
+    return data, "body"
+
+
+async def _many_images(request: Request, max_items: int, what: str) -> list[tuple[bytes, str]]:
+    """(bytes, name) of the multipart ``files`` fields of a batch or clip request, in order."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InputError(422, f"a {what} is multipart/form-data with one 'files' field per image")
+    form = await request.form(max_files=max_items + 1)
+    uploads = [item for item in form.getlist("files") if not isinstance(item, str)]
+    if not uploads:
+        raise InputError(422, f"empty {what}: send at least one image as multipart field 'files'")
+    if len(uploads) > max_items:
+        raise InputError(413, f"{what} of {len(uploads)} images exceeds the limit of {max_items}")
+    return [
+        (await upload.read(), f"files[{i}] ({upload.filename or 'unnamed'})")
+        for i, upload in enumerate(uploads)
+    ]
+
+
+def _decode(data: bytes, name: str, max_side: int) -> np.ndarray:
+    """Image bytes -> decoded array, with 413/422 answers naming the problem."""
+    from vigil.data.preprocess import ImageDecodeError, decode_image
+
+    if not data:
+        raise InputError(422, f"{name}: empty image (0 bytes)")
+    _check_header_size(data, name, max_side)
+    try:
+        image = decode_image(data, name)
+    except ImageDecodeError as error:
+        raise InputError(422, str(error)) from None
+    height, width = image.shape[:2]
+    if max(height, width) > max_side:
+        raise InputError(
+            413,
+            f"{name}: image of {width}x{height} exceeds the limit of {max_side} pixels per side",
+        )
+    return image
+
+
+def _check_header_size(data: bytes, name: str, max_side: int) -> None:
+    """Refuse oversized images from their header, before decoding them (decompression bombs)."""
+    import io
+
+    try:
+        from PIL import Image
+    except ImportError:  # pillow comes with matplotlib; without it the post-decode check stays
+        return
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Exception:  # noqa: BLE001 - unknown to PIL: decode_image gives the precise error
+        return
+    if max(width, height) > max_side:
+        raise InputError(
+            413,
+            f"{name}: image of {width}x{height} exceeds the limit of {max_side} pixels per side",
+        )
+
+
+def _auth_dependency(token: str | None) -> Any:
+    """A dependency checking ``Authorization: Bearer <token>``; a no-op without a token."""
+    bearer = HTTPBearer(auto_error=False)
+
+    def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if token is None:
+            return
+        if credentials is None or not hmac.compare_digest(
+            credentials.credentials.encode(), token.encode()
+        ):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return Depends(check)
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+def _runner(executor: ThreadPoolExecutor, max_side: int) -> Callable:
+    """``await run(method, blobs, heatmap)``: decode and score on the inference threads.
+
+    The executor's queue is first in, first out, so under load requests are answered in arrival
+    order (bounded tail latency) and the event loop never decodes or computes.
+    """
+
+    def decode_and_score(method: Callable, blobs: list, heatmap: bool) -> list[FrameScore]:
+        images = [_decode(data, name, max_side) for data, name in blobs]
+        try:
+            return method(images, heatmap=heatmap)
+        except ValueError as error:  # model-side input errors (e.g. a video model, one image)
+            raise InputError(422, str(error)) from None
+
+    async def run(method: Callable, blobs: list, heatmap: bool) -> list[FrameScore]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            executor, functools.partial(decode_and_score, method, blobs, heatmap)
+        )
+
+    return run
+
+
+def _result(scorer: Scorer, result: FrameScore, heatmap: bool) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "score": result.score if math.isfinite(result.score) else None,  # None: no score yet
+        "is_anomaly": result.is_anomaly,
+        "threshold": scorer.info.threshold,
+    }
+    if heatmap and result.heatmap is not None:
+        answer["heatmap_png"] = base64.b64encode(encode_png(result.heatmap)).decode("ascii")
+    return answer
+
+
+def _answer(scorer: Scorer, result: FrameScore, started: float, heatmap: bool) -> dict[str, Any]:
+    return {
+        **_result(scorer, result, heatmap),
+        "model_name": scorer.info.name,
+        "model_version": scorer.info.version,
+        "latency_ms": round(1000 * (time.perf_counter() - started), 3),
+    }
+
+
+def _many_answer(
+    scorer: Scorer, results: list[FrameScore], started: float, heatmap: bool
+) -> dict[str, Any]:
+    return {
+        "results": [_result(scorer, r, heatmap) for r in results],
+        "threshold": scorer.info.threshold,
+        "model_name": scorer.info.name,
+        "model_version": scorer.info.version,
+        "latency_ms": round(1000 * (time.perf_counter() - started), 3),
+    }

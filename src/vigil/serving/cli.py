@@ -1,0 +1,217 @@
+"""``vigil pull``, ``vigil serve`` and ``vigil watch``: ``register(subparsers)`` adds all three.
+
+``vigil serve`` with neither ``--model-dir`` nor ``--model-uri`` serves
+``models:/$VIGIL_MODEL_NAME@<follow.alias>`` from ``$MLFLOW_TRACKING_URI``: the Docker image's
+default command. A model that cannot be pulled or loaded is a start-up error (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME_ENV = "VIGIL_MODEL_NAME"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pull``, ``serve`` and ``watch`` to the ``vigil`` command."""
+    _add_pull(subparsers)
+    _add_serve(subparsers)
+    _add_watch(subparsers)
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--model-dir", type=Path, help="a folder written by `vigil pull`")
+    group.add_argument(
+        "--model-uri",
+        help=f"models:/NAME@alias or models:/NAME/VERSION (default: models:/${MODEL_NAME_ENV}"
+        "@<follow.alias>)",
+    )
+    parser.add_argument("--config", default="configs/serving.yaml", help="serving settings")
+
+
+def _add_pull(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("pull", help="download and verify a registered model package")
+    parser.add_argument("--model", required=True, help="registered model name")
+    parser.add_argument("--alias", default="champion", help="registry alias (default: champion)")
+    parser.add_argument("--version", help="an explicit version instead of the alias")
+    parser.add_argument("--dest", type=Path, required=True, help="folder to install into")
+    parser.set_defaults(handler=run_pull)
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="HTTP scoring service (FastAPI + uvicorn)")
+    _add_model_source(parser)
+    parser.add_argument("--host", help="bind address (default: server.host in the config)")
+    parser.add_argument("--port", type=int, help="port (default: server.port in the config)")
+    parser.add_argument("--no-follow", action="store_true", help="do not follow the alias")
+    parser.add_argument("--poll-interval", type=float, help="seconds between alias checks")
+    parser.set_defaults(handler=run_serve)
+
+
+def _add_watch(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("watch", help="score a video, frame folder or camera stream")
+    parser.add_argument("source", help="video file, frame folder, camera index or RTSP/HTTP URL")
+    _add_model_source(parser)
+    parser.add_argument("--output", type=Path, help="side-by-side video (.mp4 or .avi)")
+    parser.add_argument("--webhook", help="POST each alert event (JSON) to this URL")
+    parser.add_argument(
+        "--fps", help="score at this rate: 'model' (default), a number, 'source'", default="model"
+    )
+    parser.add_argument("--source-fps", type=float, help="rate of a frame folder without fps.txt")
+    parser.add_argument("--max-frames", type=int, help="stop after this many source frames")
+    parser.add_argument("--alert-frames", type=int, help="frames above threshold before alerting")
+    parser.add_argument("--smoothing-window", type=int, help="moving average length (frames)")
+    parser.set_defaults(handler=run_watch)
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from vigil.registry.tracking import TrackingError
+    from vigil.serving.pull import PullError, pull
+
+    try:
+        manifest = pull(args.model, args.alias, args.dest, version=args.version)
+    except (PullError, TrackingError) as error:
+        print(f"vigil pull: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def _model_source(args: argparse.Namespace, alias: str) -> str:
+    if args.model_dir is not None:
+        return str(args.model_dir)
+    if args.model_uri:
+        return args.model_uri
+    name = os.environ.get(MODEL_NAME_ENV)
+    if not name:
+        raise ValueError(f"no model: pass --model-dir or --model-uri, or set {MODEL_NAME_ENV}")
+    return f"models:/{name}@{alias}"
+
+
+def _load(args: argparse.Namespace, config, command: str):
+    """(scorer, source) or a printed start-up error and None."""
+    from vigil.registry.tracking import TrackingError
+    from vigil.serving.loader import ModelLoadError, load_scorer
+    from vigil.serving.pull import PullError
+
+    source = _model_source(args, config.follow.alias)
+    try:
+        scorer = load_scorer(source, max_concurrent=config.server.max_concurrent_inference)
+    except (PullError, ModelLoadError, TrackingError) as error:
+        print(f"vigil {command}: error: cannot load model {source}: {error}", file=sys.stderr)
+        return None, source
+    log.info(
+        "loaded %s version %s (threshold %.6g) from %s",
+        scorer.info.name,
+        scorer.info.version,
+        scorer.info.threshold,
+        source,
+    )
+    return scorer, source
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vigil.serving import load_serving_config
+    from vigil.serving.app import create_app
+    from vigil.serving.follow import AliasFollower, ModelHolder
+    from vigil.serving.pull import parse_model_uri
+
+    config = load_serving_config(args.config)
+    scorer, source = _load(args, config, "serve")
+    if scorer is None:
+        return 1
+    holder = ModelHolder(scorer)
+    follower = None
+    alias = scorer.info.alias or config.follow.alias
+    if source.startswith("models:/"):
+        _, uri_alias, _ = parse_model_uri(source)
+        alias = uri_alias or alias
+    if config.follow.enabled and not args.no_follow and scorer.info.version != "local":
+        follower = AliasFollower(
+            holder,
+            scorer.info.name,
+            alias,
+            interval_s=args.poll_interval or config.follow.poll_interval_s,
+            model_dir=args.model_dir,
+            max_concurrent=config.server.max_concurrent_inference,
+        )
+        follower.poll_once()  # sets readiness now; a newer version found here is swapped in
+        follower.start()
+    app = create_app(holder, config)
+    try:
+        uvicorn.run(
+            app,
+            host=args.host or config.server.host,
+            port=args.port if args.port is not None else config.server.port,
+            log_level="info",
+        )
+    finally:
+        if follower is not None:
+            follower.stop()
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    from vigil.serving import load_serving_config
+    from vigil.serving.watch import SourceError, watch
+
+    config = load_serving_config(args.config)
+    updates = {
+        key: value
+        for key, value in (
+            ("alert_frames", args.alert_frames),
+            ("smoothing_window", args.smoothing_window),
+        )
+        if value is not None
+    }
+    settings = type(config.watch).model_validate({**config.watch.model_dump(), **updates})
+    scorer, _ = _load(args, config, "watch")
+    if scorer is None:
+        return 1
+    target = None if args.fps == "source" else ("model" if args.fps == "model" else float(args.fps))
+    try:
+        watch(
+            scorer,
+            args.source,
+            settings,
+            source_fps=args.source_fps,
+            target_fps=target,
+            output=args.output,
+            webhook=args.webhook,
+            max_frames=args.max_frames,
+        )
+    except SourceError as error:
+        print(f"vigil watch: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The serving commands alone (``python -c 'from vigil.serving.cli import main; main()'``):
+    what benchmarks and tests start as a subprocess; ``vigil`` itself wires ``register``."""
+    parser = argparse.ArgumentParser(prog="vigil", description="vigil serving commands")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"vigil {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,235 @@
+"""Pull a registered model package: alias -> version -> verified local copy + manifest.
+
+``pull("vigil-capsules-image", "champion", "deploy/model")`` resolves the alias, downloads the
+version's MLflow model, checks the sha256 recorded at registration (a version tag written by
+``vigil.registry.promotion``), and installs it atomically as::
+
+    deploy/model/
+      manifest.json   name, version, alias, run id, threshold, metrics, checksum, pulled_at
+      package/        the MLflow pyfunc model as registered (MLmodel, artifacts/...)
+
+The new copy is staged in a temporary sibling folder and renamed into place, so a reader sees
+either the old package or the new one, never half of one. A package whose checksum does not
+match is refused and nothing is replaced. Pulling the version already installed is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from vigil.registry.tracking import connect
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+PACKAGE_DIR = "package"
+
+
+class PullError(RuntimeError):
+    """The model cannot be resolved, downloaded or installed; the message says which and why."""
+
+
+class ChecksumMismatchError(PullError):
+    """The downloaded package does not match the checksum recorded at registration."""
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@alias`` -> (NAME, alias, None); ``models:/NAME/3`` -> (NAME, None, "3")."""
+    if not uri.startswith("models:/"):
+        raise PullError(f"{uri!r} is not a registry URI (expected models:/NAME@alias)")
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if name and alias:
+            return name, alias, None
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise PullError(f"{uri!r}: expected models:/NAME@alias or models:/NAME/VERSION")
+
+
+def resolve_version(client: MlflowClient, name: str, alias: str) -> ModelVersion:
+    """The version ``alias`` points at; PullError naming the model and alias when none does."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as error:
+        raise PullError(f"cannot resolve {name}@{alias} in the registry: {error}") from error
+
+
+def read_manifest(dest: Path | str) -> dict[str, Any] | None:
+    """The manifest of an installed package, or None when ``dest`` holds none."""
+    path = Path(dest) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PullError(f"{path}: corrupt manifest: {error}") from error
+
+
+def pull(
+    model: str,
+    alias: str = "champion",
+    dest: Path | str = "model",
+    *,
+    client: MlflowClient | None = None,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Install ``model@alias`` (or an explicit ``version``) into ``dest``; returns the manifest.
+
+    Raises PullError (unknown model or alias, download failure, missing checksum) or
+    ChecksumMismatchError (tampered or corrupt package); ``dest`` is untouched in both cases.
+    """
+    client = client or connect()
+    dest = Path(dest)
+    found = (
+        _get_version(client, model, version) if version else resolve_version(client, model, alias)
+    )
+    installed = read_manifest(dest)
+    if _is_installed(installed, dest, found):
+        log.info("%s version %s already in %s: nothing to do", model, found.version, dest)
+        return installed
+    expected = expected_checksum(found)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull-", dir=dest.parent))
+    try:
+        package = staging / PACKAGE_DIR
+        _download(found, package)
+        actual = verify_package(package, expected, label=f"{model} version {found.version}")
+        manifest = _build_manifest(client, found, None if version else alias, package, actual)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        replace_dir(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("pulled %s version %s (%s) into %s", model, found.version, alias, dest)
+    return manifest
+
+
+def expected_checksum(found: ModelVersion) -> str:
+    """The sha256 recorded on the version at registration; PullError when it is missing."""
+    from vigil.registry import package as registry_package
+
+    tag = registry_package.CHECKSUM_TAG
+    value = (found.tags or {}).get(tag)
+    if not value:
+        raise PullError(
+            f"{found.name} version {found.version} has no {tag!r} tag: it was not registered "
+            "by vigil (or the tag was removed), so its package cannot be verified"
+        )
+    return value
+
+
+def package_checksum(package_dir: Path | str) -> str:
+    """sha256 of the package files, computed the way registration computed it."""
+    from vigil.registry import package as registry_package
+
+    return registry_package.package_checksum(Path(package_dir))
+
+
+def verify_package(package_dir: Path | str, expected: str, *, label: str = "package") -> str:
+    """Check the files under ``package_dir`` against ``expected``; returns the checksum."""
+    try:
+        actual = package_checksum(package_dir)
+    except (OSError, ValueError) as error:
+        raise ChecksumMismatchError(f"{label}: cannot checksum {package_dir}: {error}") from error
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"{label}: package checksum {actual[:16]}... does not match the registered "
+            f"{expected[:16]}...: the package was modified or corrupted; refusing to install it"
+        )
+    return actual
+
+
+def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    try:
+        return client.get_model_version(name, version)
+    except Exception as error:
+        raise PullError(f"cannot find {name} version {version} in the registry: {error}") from error
+
+
+def _is_installed(manifest: dict | None, dest: Path, found: ModelVersion) -> bool:
+    """Same name and version in ``dest``, and its files still match the recorded checksum."""
+    if not manifest or manifest.get("name") != found.name:
+        return False
+    if str(manifest.get("version")) != str(found.version):
+        return False
+    try:
+        return package_checksum(dest / PACKAGE_DIR) == manifest.get("checksum")
+    except (OSError, ValueError):
+        return False
+
+
+def _download(found: ModelVersion, target: Path) -> None:
+    """Download the version's model files into ``target`` (which must not exist yet).
+
+    From the version's ``source`` (the logged model, ``models:/m-...``): what registration
+    checksummed. ``models:/NAME/VERSION`` would add MLflow's ``registered_model_meta`` file.
+    """
+    import mlflow
+
+    uri = found.source or f"models:/{found.name}/{found.version}"
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as error:
+            raise PullError(f"cannot download {uri}: {error}") from error
+        if not (local / "MLmodel").is_file():
+            raise PullError(f"{uri}: downloaded files hold no MLmodel file: not a model package")
+        shutil.move(str(local), target)
+
+
+def _build_manifest(
+    client: MlflowClient, found: ModelVersion, alias: str | None, package: Path, checksum: str
+) -> dict[str, Any]:
+    """The manifest written beside the package: what it is, where from, when, how good."""
+    from vigil.registry.promotion import metrics_from_tags
+    from vigil.serving.loader import read_package
+
+    files = read_package(package)
+    metrics: dict[str, Any] = {}
+    if found.run_id:
+        try:
+            metrics = dict(client.get_run(found.run_id).data.metrics)
+        except Exception as error:  # noqa: BLE001 - metrics are informative, not required
+            log.warning("cannot read metrics of run %s: %s", found.run_id, error)
+    metrics.update(metrics_from_tags(found.tags or {}))  # the gate's view, recorded on the version
+    return {
+        "name": found.name,
+        "version": str(found.version),
+        "alias": alias,
+        "run_id": found.run_id,
+        "threshold": files.threshold,
+        "modality": files.modality,
+        "metrics": metrics,
+        "checksum": checksum,
+        "source": found.source,
+        "pulled_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def replace_dir(staging: Path, dest: Path) -> None:
+    """Rename ``staging`` to ``dest``; an existing ``dest`` is moved aside first, then removed."""
+    backup = None
+    if dest.exists():
+        backup = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        shutil.rmtree(backup, ignore_errors=True)
+        os.rename(dest, backup)
+    try:
+        os.rename(staging, dest)
+    except OSError:
+        if backup is not None:
+            os.rename(backup, dest)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,391 @@
+"""Stream scoring: ``vigil watch SOURCE`` on a video file, a frame folder or a camera/RTSP URL.
+
+Frames are decoded on a reader thread (decode overlaps inference), resampled by timestamp to the
+model's rate (``vigil.data.video.FrameResampler``), and pushed through one ``FrameStream``, which
+carries the ConvLSTM state frame to frame and smooths the score with a moving average (image
+models score each frame on its own). An alert fires when the smoothed score stays above the
+model's threshold for ``alert_frames`` frames in a row: a log line plus a JSON event on stdout
+and, optionally, a POST to a webhook. An optional side-by-side video shows input | prediction |
+heat map over a strip with the score timeline and the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+
+from vigil.data.video import DecodedFrame, FrameResampler, read_folder_fps, read_video
+from vigil.serving import WatchSettings
+from vigil.serving.loader import FrameScore, FrameStream, Scorer
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PANEL = 192  # output video panel height and width in pixels
+STRIP = 64  # output video timeline strip height
+
+
+class SourceError(ValueError):
+    """A watch source cannot be opened or read; the message names it."""
+
+
+@dataclass
+class WatchSummary:
+    source: str
+    model_version: str
+    frames_read: int = 0
+    frames_scored: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # smoothed, one per scored frame
+    frame_indices: list[int] = field(default_factory=list)  # source index of each scored frame
+    wall_s: float = 0.0
+
+    @property
+    def read_fps(self) -> float:
+        return self.frames_read / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def scored_fps(self) -> float:
+        return self.frames_scored / self.wall_s if self.wall_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event": "summary",
+            "source": self.source,
+            "model_version": self.model_version,
+            "frames_read": self.frames_read,
+            "frames_scored": self.frames_scored,
+            "alerts": len(self.alerts),
+            "wall_s": round(self.wall_s, 3),
+            "read_fps": round(self.read_fps, 1),
+            "scored_fps": round(self.scored_fps, 1),
+        }
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def open_source(source: str, source_fps: float | None = None) -> Iterator[DecodedFrame]:
+    """Frames of a video file, a frame folder (sorted names), a camera index or a stream URL.
+
+    Timestamps come from the file's rate, ``source_fps`` / ``fps.txt`` for folders, and the
+    capture position (or the wall clock) for cameras. Raises SourceError naming the source.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _folder_frames(path, source_fps)
+    if path.is_file():
+        return read_video(path)
+    if source.isdigit() or "://" in source:
+        return _capture_frames(source)
+    raise SourceError(f"{source}: no such file or folder, and not a camera index or stream URL")
+
+
+def _folder_frames(folder: Path, source_fps: float | None) -> Iterator[DecodedFrame]:
+    from vigil.data.preprocess import decode_image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise SourceError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    fps = source_fps or read_folder_fps(folder, folder)
+    for index, file in enumerate(files):
+        timestamp = index / fps if fps else math.nan
+        yield DecodedFrame(index=index, timestamp=timestamp, image=decode_image(file))
+
+
+def _capture_frames(source: str) -> Iterator[DecodedFrame]:
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise SourceError(f"{source}: cannot open camera or stream")
+    started = time.monotonic()
+    try:
+        index = 0
+        while True:
+            ok, image = capture.read()
+            if not ok or image is None:
+                break
+            position = capture.get(cv2.CAP_PROP_POS_MSEC)
+            timestamp = (
+                position / 1000.0 if position and position > 0 else time.monotonic() - started
+            )
+            yield DecodedFrame(index=index, timestamp=timestamp, image=image)
+            index += 1
+    finally:
+        capture.release()
+
+
+def _read_ahead(frames: Iterator[DecodedFrame], size: int) -> Iterator[DecodedFrame]:
+    """Decode on a background thread, ``size`` frames ahead; re-raises the reader's errors."""
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                buffer.put(frame)
+        except Exception as error:  # noqa: BLE001 - handed to the consumer
+            buffer.put(error)
+        buffer.put(done)
+
+    thread = threading.Thread(target=reader, name="vigil-watch-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+
+class AlertTracker:
+    """Raises one event when the smoothed score is above threshold ``n_frames`` in a row and one
+    when it falls back below."""
+
+    def __init__(self, n_frames: int, threshold: float) -> None:
+        self.n_frames = n_frames
+        self.threshold = threshold
+        self._run = 0
+        self._active: dict[str, Any] | None = None
+
+    def update(self, frame: int, timestamp: float, score: float) -> dict[str, Any] | None:
+        if score >= self.threshold:
+            self._run += 1
+            if self._active is not None:
+                self._active["peak_score"] = max(self._active["peak_score"], score)
+                return None
+            if self._run >= self.n_frames:
+                self._active = {
+                    "event": "anomaly_start",
+                    "frame": frame,
+                    "time_s": _finite(timestamp),
+                    "score": score,
+                    "peak_score": score,
+                    "threshold": self.threshold,
+                    "frames_above": self._run,
+                }
+                return dict(self._active)
+            return None
+        self._run = 0
+        if self._active is None:
+            return None
+        ended = {
+            "event": "anomaly_end",
+            "frame": frame,
+            "time_s": _finite(timestamp),
+            "started_frame": self._active["frame"],
+            "peak_score": self._active["peak_score"],
+            "threshold": self.threshold,
+        }
+        self._active = None
+        return ended
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 4) if math.isfinite(value) else None
+
+
+class EventSink:
+    """Writes alert events: a log line, a JSON line on ``stream``, a POST to ``webhook``."""
+
+    def __init__(self, stream: TextIO | None, webhook: str | None, timeout_s: float) -> None:
+        self.stream = stream
+        self.webhook = webhook
+        self.timeout_s = timeout_s
+        self._client = None
+        if webhook:
+            import httpx
+
+            self._client = httpx.Client(timeout=timeout_s)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if event["event"] == "anomaly_start":
+            log.warning(
+                "ANOMALY at frame %s (t=%ss): smoothed score %.5g > threshold %.5g",
+                event["frame"],
+                event["time_s"],
+                event["score"],
+                event["threshold"],
+            )
+        elif event["event"] == "anomaly_end":
+            log.info("anomaly over at frame %s (peak %.5g)", event["frame"], event["peak_score"])
+        if self.stream is not None:
+            self.stream.write(json.dumps(event) + "\n")
+            self.stream.flush()
+        if self._client is not None:
+            try:
+                self._client.post(self.webhook, json=event).raise_for_status()
+            except Exception as error:  # noqa: BLE001 - a dead webhook must not stop the watch
+                log.error("webhook %s failed: %s", self.webhook, error)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+# --- output video --------------------------------------------------------------------------------
+
+
+class SideBySideWriter:
+    """input | prediction | heat map, over a score timeline strip, into an mp4/avi file."""
+
+    def __init__(self, path: Path, fps: float, threshold: float, timeline_frames: int) -> None:
+        self.path = path
+        self.threshold = threshold
+        self.history: deque[float] = deque(maxlen=timeline_frames)
+        size = (3 * PANEL, PANEL + STRIP)
+        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        self.writer = cv2.VideoWriter(str(self.tmp), fourcc, max(fps, 1.0), size)
+        if not self.writer.isOpened():
+            raise SourceError(f"{path}: cannot open a video writer for this file type")
+
+    def write(
+        self, frame: np.ndarray, prediction: np.ndarray | None, heatmap: np.ndarray, score: float
+    ) -> None:
+        """``frame``/``prediction`` uint8 (h, w, C) RGB or gray; ``heatmap`` BGR (h, w, 3)."""
+        self.history.append(score)
+        panels = [
+            _panel(_bgr(frame)),
+            _panel(_bgr(prediction) if prediction is not None else np.zeros_like(heatmap)),
+            _panel(heatmap),
+        ]
+        top = np.hstack(panels)
+        self.writer.write(np.vstack([top, self._strip(top.shape[1])]))
+
+    def _strip(self, width: int) -> np.ndarray:
+        strip = np.full((STRIP, width, 3), 24, dtype=np.uint8)
+        values = np.nan_to_num(np.asarray(self.history, dtype=np.float64))  # NaN: no score yet
+        top = max(float(values.max()), 2.0 * self.threshold, 1e-12)
+        y_thr = int(STRIP - 1 - (STRIP - 2) * self.threshold / top)
+        cv2.line(strip, (0, y_thr), (width - 1, y_thr), (0, 0, 255), 1)
+        xs = np.linspace(0, width - 1, self.history.maxlen)[: len(values)]
+        ys = STRIP - 1 - (STRIP - 2) * values / top
+        points = np.stack([xs, ys], axis=1).astype(np.int32)
+        cv2.polylines(strip, [points], False, (0, 255, 0), 1)
+        return strip
+
+    def close(self) -> None:
+        self.writer.release()
+        self.tmp.replace(self.path)
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(
+            np.ascontiguousarray(image.reshape(image.shape[:2])), cv2.COLOR_GRAY2BGR
+        )
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+
+def _panel(image: np.ndarray) -> np.ndarray:
+    return cv2.resize(image, (PANEL, PANEL), interpolation=cv2.INTER_NEAREST)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def watch(
+    scorer: Scorer,
+    source: str,
+    settings: WatchSettings | None = None,
+    *,
+    source_fps: float | None = None,
+    target_fps: float | None | str = "model",
+    output: Path | str | None = None,
+    webhook: str | None = None,
+    events: TextIO | None | str = "stdout",
+    max_frames: int | None = None,
+    on_frame: Callable[[int, FrameScore], None] | None = None,
+) -> WatchSummary:
+    """Score ``source`` frame by frame; returns counts, alerts, smoothed scores and rates.
+
+    ``events``: where JSON events go: ``"stdout"`` (default, resolved at call time), a text
+    stream, or None. ``target_fps``: ``"model"`` resamples to the model's rate, a number to that rate, None keeps
+    every frame. ``max_frames`` stops after that many source frames (cameras never end).
+    """
+    settings = settings or WatchSettings()
+    if events == "stdout":
+        events = sys.stdout
+    fps = scorer.info.fps if target_fps == "model" else target_fps
+    resampler = FrameResampler(float(fps) if fps else None)
+    stream: FrameStream = scorer.stream(settings.smoothing_window)
+    alerts = AlertTracker(settings.alert_frames, scorer.info.threshold)
+    sink = EventSink(events, webhook, settings.webhook_timeout_s)
+    summary = WatchSummary(source=source, model_version=scorer.info.version)
+    writer = None
+    started = time.perf_counter()
+    try:
+        for decoded in _read_ahead(open_source(source, source_fps), settings.read_queue):
+            summary.frames_read += 1
+            if max_frames is not None and summary.frames_read > max_frames:
+                summary.frames_read -= 1
+                break
+            if not resampler.keep(decoded.timestamp):
+                continue
+            result = stream.push(decoded.image, heatmap=output is not None)
+            summary.frames_scored += 1
+            summary.scores.append(result.score)
+            summary.frame_indices.append(decoded.index)
+            event = alerts.update(decoded.index, decoded.timestamp, result.score)
+            if event is not None:
+                event.update(source=source, model_version=scorer.info.version)
+                summary.alerts.append(event)
+                sink.emit(event)
+            if output is not None:
+                if writer is None:
+                    writer = SideBySideWriter(
+                        Path(output),
+                        float(fps or 15.0),
+                        scorer.info.threshold,
+                        settings.timeline_frames,
+                    )
+                writer.write(
+                    stream.last_frame, _prediction(scorer, stream), result.heatmap, result.score
+                )
+            if on_frame is not None:
+                on_frame(decoded.index, result)
+    finally:
+        summary.wall_s = time.perf_counter() - started
+        if writer is not None:
+            writer.close()
+        sink.close()
+    if events is not None:
+        events.write(json.dumps(summary.as_dict()) + "\n")
+        events.flush()
+    return summary
+
+
+def _prediction(scorer: Scorer, stream: FrameStream) -> np.ndarray | None:
+    """The middle panel: the video model's prediction, or the image model's reconstruction."""
+    if scorer.is_video or stream.last_frame is None:
+        return stream.last_prediction  # None on a stream's first frame
+    return scorer.reconstruct(stream.last_frame)

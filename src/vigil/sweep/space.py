@@ -1,0 +1,168 @@
+"""The search space over the encoding size (``configs/search_space.yaml``), strictly validated.
+
+Each knob is ``{choices: [...]}`` or an integer range ``{low, high, log, step}``. Only the knobs
+that set the encoding size may be searched: ``depth``, ``filters``, ``latent_channels`` for the
+image autoencoder; ``encoder_depth``, ``filters``, ``hidden_channels`` for the video predictor.
+Knobs left out keep their ``model`` value from params.yaml.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from vigil.config import ConfigError, ImageModelConfig, ModelConfig, VideoModelConfig
+
+SEARCHABLE = {
+    "image": ("depth", "filters", "latent_channels"),
+    "video": ("encoder_depth", "filters", "hidden_channels"),
+}
+
+
+class SearchSpaceError(ConfigError):
+    """The search space file is missing, empty or invalid; the message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Choices(_Strict):
+    choices: tuple[int, ...]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Choices:
+        if not self.choices:
+            raise ValueError("choices must list at least one value")
+        if len(set(self.choices)) != len(self.choices):
+            raise ValueError(f"choices has duplicates: {list(self.choices)}")
+        return self
+
+    def values(self) -> list[int]:
+        return list(self.choices)
+
+
+class IntRange(_Strict):
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low < 1:
+            raise ValueError(f"low must be >= 1, got {self.low}")
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        if self.step < 1 or (self.log and self.step != 1):
+            raise ValueError("step must be >= 1, and 1 when log is true")
+        return self
+
+    def values(self) -> list[int]:
+        """Every value of the range (grid sampler); log ranges take powers of two and the ends."""
+        if not self.log:
+            return list(range(self.low, self.high + 1, self.step))
+        powers = {2**k for k in range(self.high.bit_length() + 1) if self.low <= 2**k <= self.high}
+        return sorted(powers | {self.low, self.high})
+
+
+Knob = Choices | IntRange
+
+
+class SearchSpace(_Strict):
+    image: dict[str, Knob] = {}
+    video: dict[str, Knob] = {}
+
+    @model_validator(mode="after")
+    def _known_knobs(self) -> SearchSpace:
+        for modality, allowed in SEARCHABLE.items():
+            unknown = sorted(set(getattr(self, modality)) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"{modality}: cannot search {', '.join(unknown)} (searchable: "
+                    f"{', '.join(allowed)})"
+                )
+        return self
+
+    def knobs(self, modality: str) -> dict[str, Knob]:
+        knobs = getattr(self, modality)
+        if not knobs:
+            raise SearchSpaceError(
+                f"search space has no knobs for the {modality!r} model (key {modality!r} is "
+                f"missing or empty); add e.g. {SEARCHABLE[modality][0]}: {{choices: [2, 3]}}"
+            )
+        return knobs
+
+
+def _format(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid search space"]
+    for item in error.errors():
+        key = ".".join(
+            str(p) for p in item["loc"] if not str(p).startswith(("Choices", "IntRange"))
+        )
+        lines.append(f"  {key or '(top level)'}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_space(raw: Any, path: Path | str = "configs/search_space.yaml") -> SearchSpace:
+    path = Path(path)
+    if not raw:
+        raise SearchSpaceError(
+            f"{path}: search space is empty; define 'image' and/or 'video' knobs"
+        )
+    if not isinstance(raw, dict):
+        raise SearchSpaceError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return SearchSpace.model_validate(raw)
+    except ValidationError as error:
+        raise SearchSpaceError(_format(path, error)) from None
+
+
+def load_space(path: Path | str) -> SearchSpace:
+    """Read and validate the search space file (raises SearchSpaceError naming file and key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SearchSpaceError(f"{path}: search space file not found (params sweep.space)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SearchSpaceError(f"{path}: not valid YAML: {error}") from None
+    return parse_space(raw, path)
+
+
+def suggest(trial: optuna.Trial, knobs: dict[str, Knob]) -> dict[str, int]:
+    """One value per knob, drawn by the trial's sampler."""
+    values: dict[str, int] = {}
+    for name, knob in knobs.items():
+        if isinstance(knob, Choices):
+            values[name] = int(trial.suggest_categorical(name, knob.values()))
+        else:
+            values[name] = trial.suggest_int(
+                name, knob.low, knob.high, step=knob.step, log=knob.log
+            )
+    return values
+
+
+def grid(knobs: dict[str, Knob]) -> dict[str, list[int]]:
+    """The full grid for ``optuna.samplers.GridSampler``."""
+    return {name: knob.values() for name, knob in knobs.items()}
+
+
+def grid_size(knobs: dict[str, Knob]) -> int:
+    return len(list(itertools.product(*grid(knobs).values())))
+
+
+def model_config(
+    base: ModelConfig, modality: str, values: dict[str, int]
+) -> ImageModelConfig | VideoModelConfig:
+    """The params.yaml model config of ``modality`` with the searched knobs replaced."""
+    current = base.image if modality == "image" else base.video
+    try:
+        return type(current).model_validate({**current.model_dump(), **values})
+    except ValidationError as error:
+        raise SearchSpaceError(f"search space gives an invalid {modality} model: {error}") from None

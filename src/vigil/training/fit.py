@@ -1,0 +1,278 @@
+"""``fit()``: train one model on a prepared dataset, log it to MLflow, write the trained files.
+
+The sweep is a loop over ``fit()`` (it passes ``model_cfg``, ``max_epochs``, ``parent_run_id``
+and a pruning callback); the train stage calls it once. Checkpoints go to
+``<out_dir>/checkpoints``; a later call with the same data, model and training settings resumes
+from ``last.ckpt`` (so an interrupted run continues, and a larger ``max_epochs`` trains on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from vigil.config import ImageModelConfig, ImagePrep, Params, VideoModelConfig
+from vigil.data.prepared import PreparedDataset
+from vigil.models.lightning import AnomalyModule
+from vigil.models.spec import build_model, model_spec, save_trained
+from vigil.registry.tracking import connect, ensure_experiment
+from vigil.training import tracking
+from vigil.training.datasets import training_datasets
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "resume.json"
+# Settings that may change between an interrupted run and its resumption.
+RESUMABLE_KEYS = {"max_epochs", "patience", "log_images_every_n_epochs", "num_workers", "accelerator"}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    objective: float  # best val_loss
+    run_id: str
+    weights: Path  # <out_dir>/weights.safetensors (best epoch)
+    spec: dict[str, Any]
+    epochs: int  # epochs trained in total (including resumed ones)
+    wall_time_s: float
+    checkpoint: Path | None = None  # best Lightning checkpoint
+
+
+def experiment_name(dataset: str) -> str:
+    return f"vigil-{dataset}"
+
+
+def _prep_for(params: Params, modality: str) -> ImagePrep:
+    return params.prepare.image if modality == "image" else params.prepare.video
+
+
+def _model_cfg_for(
+    params: Params, modality: str, override: ImageModelConfig | VideoModelConfig | dict | None
+) -> ImageModelConfig | VideoModelConfig:
+    cls = ImageModelConfig if modality == "image" else VideoModelConfig
+    if override is None:
+        return params.model.image if modality == "image" else params.model.video
+    if isinstance(override, dict):
+        return cls.model_validate(override)
+    if not isinstance(override, cls):
+        raise TypeError(f"{modality} dataset needs a {cls.__name__}, got {type(override).__name__}")
+    return override
+
+
+def _fingerprint(spec: dict, params: Params, data: PreparedDataset) -> str:
+    train = {k: v for k, v in params.train.model_dump(mode="json").items() if k not in RESUMABLE_KEYS}
+    blob = json.dumps({"spec": spec, "train": train, "data": data.content_hash}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _resume_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool) -> tuple[Path | None, str | None]:
+    """(last.ckpt, run id that wrote it) when resumable; otherwise clears stale checkpoints."""
+    state_file = ckpt_dir / STATE_FILE
+    last = ckpt_dir / "last.ckpt"
+    if resume and last.is_file() and state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state.get("fingerprint") == fingerprint:
+            return last, state.get("run_id")
+    if ckpt_dir.exists():
+        log.info("discarding checkpoints in %s (different settings or resume=False)", ckpt_dir)
+        shutil.rmtree(ckpt_dir)
+    return None, None
+
+
+class _Throughput(pl.Callback):
+    """Counts training samples (frames) and the time spent in training batches."""
+
+    def __init__(self, frames_per_sample: int) -> None:
+        self.frames_per_sample = frames_per_sample
+        self.frames = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self.frames += batch.shape[0] * self.frames_per_sample
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def fit(
+    params: Params,
+    dataset_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    model_cfg: ImageModelConfig | VideoModelConfig | dict | None = None,
+    max_epochs: int | None = None,
+    parent_run_id: str | None = None,
+    callbacks: Sequence[pl.Callback] = (),
+    run_name: str | None = None,
+    log_model_images: bool = True,
+    resume: bool = True,
+) -> FitResult:
+    """Train on ``dataset_dir``'s train split, early-stop on val, write ``out_dir``'s
+    ``model.json`` + ``weights.safetensors`` (best epoch), and log one MLflow run in
+    experiment ``vigil-<dataset>`` (nested under ``parent_run_id`` when given).
+
+    Raises ``TrackingError`` (unreachable store, before any work), ``ImageTooSmallError``,
+    ``NonFiniteLossError`` (run marked FAILED, no weights written).
+    """
+    started = time.perf_counter()
+    client = connect()  # fail fast, with the URI, before any work
+    data = PreparedDataset.load(dataset_dir)
+    modality = data.modality
+    prep = _prep_for(params, modality)
+    cfg = _model_cfg_for(params, modality, model_cfg)
+    spec = model_spec(modality, data.channels, data.size, cfg, prep=prep)
+    pl.seed_everything(params.train.seed, workers=True, verbose=False)
+    model = build_model(spec)  # raises ImageTooSmallError before a run exists
+    clip_len = params.prepare.video.clip_len if modality == "video" else None
+    train_set, val_set = training_datasets(data, prep, clip_len)
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    fingerprint = _fingerprint(spec, params, data)
+    ckpt_path, resumed_from = _resume_checkpoint(ckpt_dir, fingerprint, resume)
+
+    experiment_id = ensure_experiment(experiment_name(data.name))
+    tags = {
+        "vigil.git_commit": tracking.git_commit(Path(__file__).parent),
+        "vigil.data_hash": str(data.content_hash),
+        "vigil.dataset": data.name,
+        "vigil.modality": modality,
+        "vigil.stage": "sweep-trial" if parent_run_id else "train",
+    }
+    if resumed_from:
+        tags["vigil.resumed_from"] = resumed_from
+    run_id = tracking.start_run(
+        client, experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags
+    )
+    error: BaseException | None = None
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / STATE_FILE).write_text(json.dumps({"fingerprint": fingerprint, "run_id": run_id}))
+        result = _train_and_save(
+            params, data, prep, spec, model, train_set, val_set, out_dir, ckpt_dir, ckpt_path,
+            client, run_id, max_epochs, callbacks, log_model_images, clip_len, started,
+        )
+        return result
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        tracking.finish_run(client, run_id, error)
+
+
+def _train_and_save(
+    params: Params,
+    data: PreparedDataset,
+    prep: ImagePrep,
+    spec: dict,
+    model: torch.nn.Module,
+    train_set,
+    val_set,
+    out_dir: Path,
+    ckpt_dir: Path,
+    ckpt_path: Path | None,
+    client,
+    run_id: str,
+    max_epochs: int | None,
+    callbacks: Sequence[pl.Callback],
+    log_model_images: bool,
+    clip_len: int | None,
+    started: float,
+) -> FitResult:
+    train = params.train
+    flat = tracking.run_params(params, data.name, data.modality, model.cfg)
+    tracking.log_params(client, run_id, flat)
+    tracking.log_dataset(client, run_id, data)
+    h, w = data.size
+    enc = model.encoding_shape(h, w) if hasattr(model, "encoding_shape") else None
+    if enc is None:  # video: the ConvLSTM state is the encoding
+        state = model.init_state(1, h, w)[0]
+        enc = tuple(state.shape[1:])
+    n_params = sum(p.numel() for p in model.parameters())
+    client.log_metric(run_id, "n_params", n_params)
+    client.log_metric(run_id, "encoding_size", int(enc[0] * enc[1] * enc[2]))
+    client.set_tag(run_id, "vigil.encoding_shape", "x".join(str(d) for d in enc))
+
+    module = AnomalyModule(
+        model, loss=train.loss, lr=train.lr, weight_decay=train.weight_decay,
+        data_range=1.0 if prep.normalize == "unit" else None,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val_loss", mode="min",
+        save_top_k=1, save_last=True,
+    )
+    throughput = _Throughput(clip_len or 1)
+    all_callbacks: list[pl.Callback] = [
+        checkpoint,
+        EarlyStopping(monitor="val_loss", mode="min", patience=train.patience),
+        tracking.EpochMetricsCallback(client, run_id),
+        throughput,
+    ]
+    if log_model_images:
+        examples = tracking.pick_examples(data, prep, clip_len)
+        if examples is not None:
+            all_callbacks.append(
+                tracking.ExampleImagesCallback(
+                    client, run_id, examples, prep.normalize, train.log_images_every_n_epochs
+                )
+            )
+    all_callbacks.extend(callbacks)
+    generator = torch.Generator().manual_seed(train.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers,
+        generator=generator, drop_last=False,
+    )
+    val_loader = DataLoader(val_set, batch_size=train.batch_size, num_workers=train.num_workers)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs or train.max_epochs,
+        accelerator=train.accelerator,
+        devices=1,
+        logger=False,
+        callbacks=all_callbacks,
+        default_root_dir=str(out_dir),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        log_every_n_steps=1,
+    )
+    with warnings.catch_warnings():
+        # resuming reuses the checkpoint folder on purpose
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if checkpoint.best_model_score is None or not checkpoint.best_model_path:
+        raise RuntimeError(f"training on {data.root} produced no validated checkpoint")
+    best = Path(checkpoint.best_model_path)
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    weights = save_trained(out_dir, model.cpu(), spec)
+
+    wall = time.perf_counter() - started
+    objective = float(checkpoint.best_model_score)
+    epochs = int(trainer.current_epoch)
+    for name, value in {
+        "best_val_loss": objective,
+        "wall_time_s": wall,
+        "train_images_per_s": throughput.frames_per_s,
+        "epochs": epochs,
+    }.items():
+        client.log_metric(run_id, name, value)
+    return FitResult(objective, run_id, weights, spec, epochs, wall, best)

@@ -1,0 +1,77 @@
+"""Shared fixtures: hermetic MLflow stores and the paths of the real shared data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite store per session; creating one costs ~1.5 s, copying it ~1 ms."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def mlflow_store(_mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh tracking + registry store under tmp_path; MLFLOW_TRACKING_URI points at it."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template, db)
+    # The template's Default experiment (id 0) keeps the artifact root of the folder it was
+    # created in; point it under this test's tmp_path so nothing lands in the repo.
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            ((tmp_path / "mlruns" / "0").as_uri(),),
+        )
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # default artifact roots are relative to the working dir
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    _forget_active_experiment()
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    _forget_active_experiment()
+
+
+def _forget_active_experiment() -> None:
+    """mlflow.set_experiment caches the experiment id per process; another store lacks it."""
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests run side by side on 2 cores: keep torch from oversubscribing them."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset {path} is absent (it lives beside the repo, never in it)")
+    return path

@@ -1,0 +1,118 @@
+"""The whole pipeline with the real `dvc repro` in a temporary git repo, on tiny built-in data:
+the first run ends with a champion in the MLflow registry; a second run with a deliberately weak
+model (1 epoch, a 1-channel encoding) under a strict gate is registered, rejected, and leaves the
+champion where it was. A third `dvc repro` with nothing changed runs no stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+MODEL = "vigil-capsules-image"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _write_params(path: Path, **overrides: dict) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["datasets"] = {"capsules": params["data"]["datasets"]["capsules"]}
+    params["generate"]["capsules"].update(
+        image_size=48, n_train=40, n_test_good=8, n_test_per_defect=4
+    )
+    params["generate"]["print"].update(
+        frame_size=32, n_train_videos=2, n_test_videos=2, frames_per_video=24
+    )
+    params["prepare"]["image"]["size"] = [32, 32]
+    params["sweep"].update(n_trials=2, epochs_per_trial=1)
+    params["train"].update(max_epochs=3, log_images_every_n_epochs=1)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            target = params[section]
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the tracked project in a fresh git + DVC repo, with its own MLflow store."""
+    root = tmp_path / "project"
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in tracked:
+        if rel.startswith(("tests/", "bench/")) or not (REPO / rel).is_file():
+            continue
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "VIGIL_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "OMP_NUM_THREADS": "1",
+    }
+    _run(["git", "init", "-q"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root, env)
+    return root, env
+
+
+def _decision(root: Path) -> dict:
+    return json.loads((root / "reports" / "capsules" / "decision.json").read_text())
+
+
+def test_full_repro_promotes_then_rejects_a_weak_model(project):
+    import mlflow
+
+    root, env = project
+    dvc = str(VENV_BIN / "dvc")
+    lenient = {"gate": {"precision": 0.1, "min_recall": 0.0, "champion_tolerance": 1.0}}
+    _write_params(root / "params.yaml", **lenient)
+    _run([dvc, "repro"], root, env)
+
+    first = _decision(root)
+    assert first["passed"] and first["promoted"], first
+    assert (root / "reports" / "capsules" / "metrics.json").is_file()
+    assert (root / "reports" / "capsules" / "evaluation" / "report.html").is_file()
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == first["version"]
+
+    assert "Running stage" not in _run([dvc, "repro"], root, env)  # nothing changed: all skipped
+
+    weak = {
+        "gate": {"precision": 0.9, "min_recall": 0.99, "champion_tolerance": 0.0},
+        "sweep": {"n_trials": 0},
+        "train": {"max_epochs": 1},
+        "model": {"image.depth": 1, "image.latent_channels": 1, "image.filters": 2},
+    }
+    _write_params(root / "params.yaml", **weak)
+    _run([dvc, "repro"], root, env)
+
+    second = _decision(root)
+    assert not second["passed"] and not second["promoted"], second
+    assert second["reasons"], "a rejection says why"
+    assert int(second["version"]) == int(first["version"]) + 1
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == second["version"]

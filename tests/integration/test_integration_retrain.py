@@ -1,0 +1,170 @@
+"""Retraining end to end, through the `vigil` subcommands, in temporary git + DVC projects.
+
+- ``test_schedule_story_on_a_small_real_pipeline`` (slow, ~30 s): `vigil ingest` / `vigil schedule` /
+  `vigil retrain` on a small real DVC pipeline (see tests/unit/scheduling/test_sched_helpers.py):
+  new data -> new data version -> candidate -> gate -> champion, then a cycle that does nothing;
+  a second `vigil retrain` while a cycle holds the lock exits with the holder's pid.
+- ``test_full_pipeline_story`` (slow): the same story on vigil's own dvc.yaml and the built-in
+  `capsules` data; skipped until the pipeline has its register stage and `prepare` reads the
+  ingested data (``data/extra``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import mlflow
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "scheduling"))
+from test_sched_helpers import RETRAIN_YAML, dvc, image, make_project, read_records, write_png
+
+from vigil.scheduling.cli import register
+from vigil.scheduling.retrain import run_cycle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def vigil(*argv: str) -> int:
+    """Run a scheduling subcommand in-process, as `vigil` would."""
+    parser = argparse.ArgumentParser(prog="vigil")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.handler(args) or 0)
+
+
+def _champion(name: str) -> str | None:
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+@pytest.mark.slow
+def test_schedule_story_on_a_small_real_pipeline(tmp_path: Path, mlflow_store: str, capsys) -> None:
+    fast = {**RETRAIN_YAML, "schedule": {"interval_minutes": 0.5 / 60, "run_at_start": True}}
+    root = make_project(tmp_path / "proj", retrain=fast)
+    dvc(root, "repro")
+    assert _champion("t-tiles-image") == "1"
+    inbox = root / "inbox" / "tiles"
+    write_png(inbox / "fresh1.png", image(901))
+    write_png(inbox / "fresh2.png", image(902))
+    (inbox / "zero.png").write_bytes(b"")
+    shutil.copy(root / "data/tiles/train/good/001.png", inbox / "copy.png")
+
+    assert vigil("ingest", "--root", str(root)) == 0
+    out = capsys.readouterr().out
+    assert (
+        "tiles: ingested 2, quarantined 2" in out and "quarantined zero.png: zero.png: empty" in out
+    )
+    assert vigil("schedule", "--root", str(root), "--max-cycles", "2") == 0
+    out = capsys.readouterr().out
+    assert "2 cycle(s): retrained, no_change" in out and "nothing to do" in out
+    (record,) = read_records(root)
+    entry = record["datasets"]["tiles"]
+    assert (
+        record["trigger"] == ["new_data"] and entry["ingested"] == 0
+    )  # ingested by `vigil ingest`
+    assert entry["data_version_trained"] == entry["data_version_after"]
+    assert json.loads((root / "reports/tiles/count.json").read_text())["normal"] == 5
+    assert (entry["verdict"], entry["champion_before"], entry["champion_after"]) == (
+        "pass",
+        "1",
+        "2",
+    )
+    assert _champion("t-tiles-image") == "2"
+    assert "empty file" in (root / "quarantine/tiles/zero.png.reason.txt").read_text()
+    assert "already in the dataset" in (root / "quarantine/tiles/copy.png.reason.txt").read_text()
+
+    code = (
+        "import time; from vigil.scheduling.lock import RetrainLock\n"
+        f"l = RetrainLock({str(root / '.vigil/retrain.lock')!r}); l.acquire(); "
+        "print('held', flush=True); time.sleep(30)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert vigil("retrain", "--root", str(root)) == 1
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- the full vigil pipeline -----------------------------------------------------------------
+
+TINY = {
+    "generate": {
+        "capsules": {"image_size": 32, "n_train": 12, "n_test_good": 4, "n_test_per_defect": 2}
+    },
+    "prepare": {"image": {"size": [16, 16]}, "video": {"size": [16, 16]}},
+    "sweep": {"n_trials": 0},
+    "train": {"max_epochs": 2, "batch_size": 8},
+}
+
+
+def _pipeline_ready() -> str | None:
+    stages = (yaml.safe_load((REPO / "dvc.yaml").read_text()) or {}).get("stages", {})
+    if "register" not in stages:
+        return "dvc.yaml has no register stage yet"
+    if "data/extra" not in json.dumps(stages.get("prepare", {})):
+        return "prepare does not depend on data/extra (ingested normal data) yet"
+    return None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+@pytest.mark.slow
+def test_full_pipeline_story(tmp_path: Path, mlflow_store: str) -> None:
+    reason = _pipeline_ready()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(REPO / name, root / name)
+    for folder in ("pipelines", "configs", "src"):
+        shutil.copytree(
+            REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params["data"]["datasets"] = {"capsules": params["data"]["datasets"]["capsules"]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    retrain = yaml.safe_load((REPO / "configs/retrain.yaml").read_text())
+    retrain["datasets"] = {"capsules": retrain["datasets"]["capsules"]}
+    (root / "configs/retrain.yaml").write_text(yaml.safe_dump(retrain))
+    (root / "data/extra").mkdir(parents=True)
+    (root / "data/extra/README.md").write_text("ingested normal data\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    dvc(root, "repro")
+    name = f"{params['register']['model_name_prefix']}-capsules-image"
+    champion_before = _champion(name)
+
+    good = sorted((root / "data/raw/capsules/train/good").iterdir())
+    inbox = root / "inbox" / "capsules"
+    for i, path in enumerate(good[:3]):  # new normal frames: mirrored parts, same size
+        write_png(inbox / f"new{i}.png", cv2.flip(cv2.imread(str(path)), 1))
+    shutil.copy(good[4], inbox / "dup.png")
+    (inbox / "broken.png").write_bytes(good[5].read_bytes()[:100])
+
+    record = run_cycle(root, echo=lambda _: None)
+    entry = record["datasets"]["capsules"]
+    assert record["status"] == "retrained", record["error"]
+    assert entry["data_version_before"] != entry["data_version_after"]
+    assert entry["ingested"] == 3 and set(entry["quarantined"]) == {"dup.png", "broken.png"}
+    assert entry["candidate_version"] is not None and entry["verdict"] in ("pass", "fail")
+    expected = entry["candidate_version"] if entry["verdict"] == "pass" else champion_before
+    assert entry["champion_after"] == _champion(name) == expected
+    assert run_cycle(root, echo=lambda _: None)["status"] == "no_change"

@@ -1,0 +1,291 @@
+"""Serving wired end to end: a trained tiny predictor flags injected anomalies in a generated
+`print` video through `vigil watch`; the Docker entrypoint command serves the registry's champion
+outside Docker; `vigil pull` + `vigil serve` from the registry alone; `mlflow models serve`
+answers with the same scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from vigil.config import (
+    EvaluateConfig,
+    ImageModelConfig,
+    ImagePrep,
+    PrintGen,
+    VideoModelConfig,
+    VideoPrep,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SERVING_MAIN = "import sys; from vigil.serving.cli import main; sys.exit(main())"
+POSTPROCESS = EvaluateConfig(median_blur=3, smoothing_window=3, score="topk_mean")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _train_predictor(clips: np.ndarray, prep: VideoPrep, steps: int) -> torch.nn.Module:
+    """A tiny FramePredictor trained on normal clips uint8 (K, T, h, w, C) for ``steps`` steps."""
+    from vigil.data.preprocess import to_tensor
+    from vigil.models import build_model, model_spec
+
+    cfg = VideoModelConfig(encoder_depth=2, filters=8, hidden_channels=8)
+    spec = model_spec("video", prep.channels, prep.size, cfg, prep=prep)
+    torch.manual_seed(0)
+    model = build_model(spec).train()
+    k, t = clips.shape[:2]
+    data = to_tensor(clips.reshape(k * t, *clips.shape[2:]), prep).reshape(
+        k, t, prep.channels, *prep.size
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        batch = data[rng.integers(0, k, 8)]
+        loss = model(batch).score.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.spec = spec
+    return model.eval()
+
+
+def _preprocess(frames_bgr: np.ndarray, prep: VideoPrep) -> np.ndarray:
+    from vigil.data.preprocess import preprocess_frame
+
+    return np.stack([preprocess_frame(f, prep) for f in frames_bgr])
+
+
+def test_watch_flags_the_injected_anomalies_of_a_print_video(tmp_path, capsys):
+    from vigil.data.synthetic.melt_pool import render_clip, write_video
+    from vigil.evaluation.scoring import score_video
+    from vigil.models import save_trained
+    from vigil.registry.package import stage_artifacts
+    from vigil.serving.cli import main
+
+    gen = PrintGen(frame_size=48, fps=15, frames_per_video=64)
+    prep = VideoPrep(size=(32, 32), channels=1, fps=15, clip_len=8)
+    normal = [render_clip(1, "training", i, gen)[0] for i in range(4)]
+    clips = np.stack(
+        [c for video in normal[:3] for c in _preprocess(video, prep).reshape(8, 8, 32, 32, 1)]
+    )
+    model = _train_predictor(clips, prep, steps=60)
+    held_out = score_video(model, _preprocess(normal[3], prep), prep, POSTPROCESS).scores
+    threshold = float(np.nanmax(held_out)) * 1.3  # above everything normal, as calibration would
+    model_dir = tmp_path / "model"
+    save_trained(model_dir, model, model.spec)
+    (model_dir / "threshold.json").write_text(
+        json.dumps({"threshold": threshold, "pixel_threshold": threshold})
+    )
+    package = stage_artifacts(model_dir, tmp_path / "package", prep=prep, postprocess=POSTPROCESS)
+
+    frames, _, events = render_clip(7, "testing", 0, gen, kinds=("blob", "spark_shower"))
+    video = tmp_path / "line.avi"
+    write_video(video, frames, gen.fps)
+    code = main(
+        [
+            "watch",
+            str(video),
+            "--model-dir",
+            str(package),
+            "--alert-frames",
+            "2",
+            "--output",
+            str(tmp_path / "side.avi"),
+            "--config",
+            str(REPO / "configs" / "serving.yaml"),
+        ]
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    starts = [e["frame"] for e in lines if e["event"] == "anomaly_start"]
+    assert lines[-1]["event"] == "summary" and lines[-1]["frames_scored"] == len(frames)
+    lag = POSTPROCESS.smoothing_window + 2  # smoothing and the N-frame rule delay an alert
+    for event in events:  # every injected event raises an alert while it lasts
+        assert any(event.start <= s < event.start + event.length + lag for s in starts), (
+            event,
+            starts,
+        )
+    for s in starts:  # and nothing else does
+        assert any(e.start <= s < e.start + e.length + lag for e in events), (s, events)
+    assert (tmp_path / "side.avi").stat().st_size > 0
+
+
+# --- from the registry ---------------------------------------------------------------------------
+
+
+def _register_tiny_image_model(root: Path, name: str) -> str:
+    import mlflow
+
+    from vigil.models import build_model, model_spec, save_trained
+    from vigil.registry.package import CHECKSUM_TAG, log_package
+
+    prep = ImagePrep(size=(32, 32), channels=3)
+    spec = model_spec(
+        "image", 3, prep.size, ImageModelConfig(depth=2, filters=4, latent_channels=4), prep=prep
+    )
+    torch.manual_seed(0)
+    save_trained(root / "model", build_model(spec), spec)
+    (root / "model" / "threshold.json").write_text(
+        json.dumps({"threshold": 0.05, "pixel_threshold": 0.05})
+    )
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("serving-it", artifact_location=(root / "store").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)  # logged models follow it, not the run
+    with mlflow.start_run(experiment_id=experiment) as run:
+        logged = log_package(
+            root / "model", prep=prep, postprocess=POSTPROCESS, run_id=run.info.run_id
+        )
+    version = mlflow.register_model(logged.model_uri, name).version
+    client.set_model_version_tag(name, version, CHECKSUM_TAG, logged.checksum)
+    client.set_registered_model_alias(name, "champion", version)
+    return str(version)
+
+
+def _docker_cmd() -> list[str]:
+    """The Dockerfile's default command (its JSON-form CMD line)."""
+    text = (REPO / "Dockerfile").read_text()
+    match = re.search(r"^CMD (\[.*\])\s*$", text, re.MULTILINE)
+    assert match, "Dockerfile has no JSON-form CMD"
+    return json.loads(match.group(1))
+
+
+def _wait_ready(process: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"service exited: {process.stderr.read().decode()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError("service did not become ready")
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_docker_default_command_serves_the_champion_outside_docker(mlflow_store, tmp_path):
+    name = "vigil-tiny-image"
+    _register_tiny_image_model(tmp_path, name)
+    cmd = _docker_cmd()
+    assert cmd[:2] == ["vigil", "serve"]
+    port = _free_port()
+    args = [a for a in cmd[2:]]
+    args[args.index("--port") + 1] = str(port)
+    args[args.index("--host") + 1] = "127.0.0.1"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_store,
+        "VIGIL_MODEL_NAME": name,
+        "VIGIL_API_TOKEN": "tok",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVING_MAIN, "serve", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, url)
+        info = httpx.get(f"{url}/model").json()
+        assert info["name"] == name and info["version"] == "1" and info["alias"] == "champion"
+        image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        answer = httpx.post(
+            f"{url}/score", content=_png(image), headers={"Authorization": "Bearer tok"}, timeout=30
+        )
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_a_model_that_cannot_be_pulled_is_a_startup_error(mlflow_store, monkeypatch, capsys):
+    from vigil.serving.cli import main
+
+    monkeypatch.setenv("VIGIL_MODEL_NAME", "no-such-model")
+    assert main(["serve", "--port", str(_free_port())]) == 1
+    assert "cannot load model models:/no-such-model@champion" in capsys.readouterr().err
+
+
+def test_pull_cli_installs_and_reports_errors(mlflow_store, tmp_path, capsys):
+    from vigil.serving.cli import main
+
+    name = "vigil-tiny-image"
+    _register_tiny_image_model(tmp_path, name)
+    dest = tmp_path / "deploy"
+    assert main(["pull", "--model", name, "--alias", "champion", "--dest", str(dest)]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["version"] == "1" and (dest / "manifest.json").is_file()
+    assert main(["pull", "--model", name, "--alias", "nope", "--dest", str(dest)]) == 1
+    assert "cannot resolve" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_same_scores(mlflow_store, tmp_path):
+    from vigil.registry.package import invocation_payload
+    from vigil.serving.loader import load_scorer
+
+    name = "vigil-tiny-image"
+    _register_tiny_image_model(tmp_path, name)
+    scorer = load_scorer(f"models:/{name}@champion", cache_dir=tmp_path / "cache")
+    images = [
+        np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(3)
+    ]
+    expected = [r.score for r in scorer.score_images(images)]
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = (
+        f"{mlflow_bin} models serve -m models:/{name}@champion --env-manager local "
+        f"--host 127.0.0.1 --port {port} --workers 1"
+    )
+    path = f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"  # it execs uvicorn
+    process = subprocess.Popen(
+        shlex.split(cmd),
+        env={**os.environ, "PATH": path},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not start"
+            time.sleep(0.5)
+        response = httpx.post(
+            f"{url}/invocations", json=invocation_payload([_png(i) for i in images]), timeout=60
+        )
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert [p["score"] for p in predictions] == pytest.approx(expected, rel=1e-5)
+    finally:
+        process.terminate()
+        process.wait(30)

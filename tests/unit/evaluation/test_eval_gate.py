@@ -1,0 +1,101 @@
+"""The gate's truth table: a pure function of candidate metrics, champion metrics and GateConfig."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+
+from vigil.config import GateConfig, load_params
+from vigil.evaluation.gate import GateDecision, evaluate_gate
+
+CFG = GateConfig(precision=0.9, min_recall=0.8, champion_tolerance=0.02)
+
+
+def metrics(precision=0.95, recall=0.85, best=0.9, auroc=0.97, data_hash="h1", **extra):
+    return {
+        "precision_at_threshold": precision,
+        "recall_at_threshold": recall,
+        "recall_at_precision": best,
+        "image_auroc": auroc,
+        "gate_can_pass": 1,
+        "data_hash": data_hash,
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "passed", "reason"),
+    [
+        (metrics(), None, True, "no champion yet"),
+        (metrics(precision=0.9, recall=0.8), None, True, "recall 0.800 >= 0.8"),
+        (metrics(precision=0.89), None, False, "precision 0.890 is below the target 0.9"),
+        (metrics(recall=0.79), None, False, "recall 0.790 is below the minimum 0.8"),
+        (metrics(precision=0.5, recall=0.5), None, False, "below the minimum"),
+        (metrics(gate_can_pass=0), None, False, "not calibrated on labelled anomalies"),
+        (metrics(gate_can_pass=False), None, False, "cannot pass"),
+        ({"image_auroc": 0.99}, None, False, "lack precision_at_threshold"),
+        (metrics(precision=float("nan")), None, False, "lack precision_at_threshold"),
+        # champion comparisons on the same data
+        (metrics(best=0.89), metrics(best=0.90), True, "recall_at_precision 0.890 vs champion"),
+        (metrics(best=0.87), metrics(best=0.90), False, "recall_at_precision 0.870 is worse"),
+        (metrics(best=0.95), metrics(best=0.90), True, "vs champion 0.900"),
+        (metrics(auroc=0.94), metrics(auroc=0.97), False, "image_auroc 0.940 is worse"),
+        (metrics(auroc=0.96), metrics(auroc=0.97), True, "image_auroc 0.960 vs champion"),
+        # a weak candidate that meets the absolute bar still loses to a much better champion
+        (metrics(best=0.8), metrics(best=1.0), False, "worse than the champion"),
+        # a champion measured on other data is not comparable
+        (metrics(best=0.5, data_hash="new"), metrics(best=1.0, data_hash="old"), True,
+         "other test data"),
+        # a good champion does not rescue a candidate below the absolute bar
+        (metrics(recall=0.5), metrics(best=0.5, auroc=0.5), False, "below the minimum"),
+        (metrics(), {}, True, "no champion yet"),
+        (metrics(), {"data_hash": "h1"}, True, "champion has no recall_at_precision"),
+    ],
+)
+def test_gate_truth_table(candidate, champion, passed, reason):
+    decision = evaluate_gate(candidate, champion, CFG)
+    assert decision.passed is passed
+    assert any(reason in r for r in decision.reasons), decision.reasons
+
+
+def test_video_metrics_compare_frame_auroc():
+    cand = {**metrics(), "frame_auroc": 0.90}
+    champ = {**metrics(), "frame_auroc": 0.99}
+    del cand["image_auroc"], champ["image_auroc"]
+    decision = evaluate_gate(cand, champ, CFG)
+    assert not decision.passed and decision.champion == {"recall_at_precision": 0.9,
+                                                         "frame_auroc": 0.99}
+
+
+def test_candidate_missing_a_compared_metric_fails():
+    cand = metrics()
+    del cand["recall_at_precision"]
+    decision = evaluate_gate(cand, metrics(), CFG)
+    assert not decision.passed
+    assert any("candidate has no recall_at_precision" in r for r in decision.reasons)
+
+
+def test_decision_is_frozen_and_serializable():
+    decision = evaluate_gate(metrics(), metrics(best=0.88), CFG)
+    assert isinstance(decision, GateDecision) and decision.passed
+    assert decision.compared_with_champion
+    assert decision.candidate["recall_at_precision"] == 0.9
+    assert decision.precision == 0.95 and decision.recall == 0.85
+    json.dumps(decision.to_dict())
+    with pytest.raises(FrozenInstanceError):
+        decision.passed = False  # type: ignore[misc]
+
+
+def test_tolerance_and_bars_come_from_the_config():
+    strict = GateConfig(precision=0.99, min_recall=0.9, champion_tolerance=0.0)
+    assert not evaluate_gate(metrics(), None, strict).passed
+    assert not evaluate_gate(metrics(best=0.899), metrics(best=0.9), GateConfig(
+        precision=0.9, min_recall=0.8, champion_tolerance=0.0)).passed
+
+
+def test_params_yaml_holds_the_gate_defaults():
+    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml")
+    assert params.gate.precision == 0.9 and params.gate.min_recall == 0.8

@@ -1,0 +1,68 @@
+"""FramePredictor and ConvLSTMCell: clip shapes, streaming equals clip mode, state carry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vigil.config import VideoModelConfig
+from vigil.models import ConvLSTMCell, FramePredictor, ImageTooSmallError
+
+CFG = VideoModelConfig(encoder_depth=2, filters=8, hidden_channels=6, error_head=True)
+
+
+def test_convlstm_cell_shapes_and_state_changes():
+    cell = ConvLSTMCell(4, 5)
+    x = torch.rand(2, 4, 8, 8)
+    state = cell.init_state(2, 8, 8, x)
+    hidden, c = cell(x, state)
+    assert hidden.shape == c.shape == (2, 5, 8, 8)
+    assert not torch.equal(hidden, state[0])
+
+
+def test_clip_forward_predicts_frames_1_to_T_minus_1():
+    model = FramePredictor(1, CFG)
+    clip = torch.rand(2, 6, 1, 32, 32)
+    out = model(clip)
+    assert out.reconstruction.shape == (2, 5, 1, 32, 32)
+    assert out.error_map.shape == (2, 5, 1, 32, 32)
+    assert out.score.shape == (2, 5)
+    assert out.predicted_error.shape == (2, 5, 1, 32, 32)
+    expected = (out.reconstruction - clip[:, 1:]).pow(2).mean(dim=2, keepdim=True)
+    torch.testing.assert_close(out.error_map, expected)
+    torch.testing.assert_close(out.score, expected.mean(dim=(2, 3, 4)))
+
+
+@torch.no_grad()
+def test_streaming_with_carried_state_equals_clip_mode():
+    torch.manual_seed(0)
+    model = FramePredictor(3, CFG).eval()
+    clip = torch.rand(2, 7, 3, 36, 28)  # odd sizes: padding must agree in both modes
+    out = model(clip)
+    state = model.init_state(2, 36, 28)
+    preds = []
+    for t in range(6):
+        pred, state = model.step(clip[:, t], state)
+        preds.append(pred)
+    torch.testing.assert_close(torch.stack(preds, dim=1), out.reconstruction, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_state_carries_history():
+    """The same frame predicts differently after different histories: the state is used."""
+    torch.manual_seed(0)
+    model = FramePredictor(1, CFG).eval()
+    a, b = torch.zeros(1, 1, 16, 16), torch.ones(1, 1, 16, 16)
+    _, state_a = model.step(a)
+    _, state_b = model.step(b)
+    pred_after_a, _ = model.step(a, state_a)
+    pred_after_b, _ = model.step(a, state_b)
+    assert not torch.allclose(pred_after_a, pred_after_b)
+
+
+def test_bad_inputs():
+    model = FramePredictor(1, CFG)
+    with pytest.raises(ValueError, match="clip"):
+        model(torch.rand(2, 1, 1, 16, 16))
+    with pytest.raises(ImageTooSmallError, match="image 2x2 is too small for depth 2"):
+        model.step(torch.rand(1, 1, 2, 2))

@@ -1,0 +1,142 @@
+"""The package round trip: scores from the loaded MLflow pyfunc equal in-process vigil scoring."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vigil.config import EvaluateConfig, ImageModelConfig, ImagePrep, VideoModelConfig, VideoPrep
+from vigil.data.preprocess import decode_image, preprocess_frame
+from vigil.evaluation.scoring import score_frames, score_video
+from vigil.registry import package as pkg
+
+IMAGE_PREP = ImagePrep(size=(32, 32), channels=3)
+VIDEO_PREP = VideoPrep(size=(32, 32), channels=1)
+POST = EvaluateConfig(median_blur=3, smoothing_window=3, min_area=2)
+
+
+def tiny_model_dir(root: Path, modality: str, threshold: float) -> Path:
+    """An untrained tiny network written the way the train stage writes it, plus threshold.json."""
+    from vigil.models import build_model, model_spec, save_trained
+
+    prep = IMAGE_PREP if modality == "image" else VIDEO_PREP
+    cfg = (
+        ImageModelConfig(depth=2, filters=4, latent_channels=4)
+        if modality == "image"
+        else VideoModelConfig(encoder_depth=1, filters=4, hidden_channels=4)
+    )
+    spec = model_spec(modality, prep.channels, prep.size, cfg, prep=prep)
+    torch.manual_seed(1)
+    save_trained(root, build_model(spec), spec)
+    (root / "threshold.json").write_text(
+        json.dumps(
+            {
+                "threshold": threshold,
+                "pixel_threshold": 0.01,
+                "comparison": "score >= threshold is anomalous",
+            }
+        )
+    )
+    return root
+
+
+def raw_images(n: int, seed: int = 0) -> list[bytes]:
+    """PNG bytes of ``n`` 48x40 BGR images (not the model size: preprocessing must resize)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image = rng.integers(0, 80, (48, 40, 3), dtype=np.uint8)
+        image[10 + i : 20 + i, 5:15] = 250
+        ok, buf = cv2.imencode(".png", image)
+        assert ok
+        out.append(buf.tobytes())
+    return out
+
+
+def in_process_scores(model_dir: Path, images: list[bytes], modality: str) -> np.ndarray:
+    """Reference: weights loaded with safetensors into a fresh network, vigil's own scoring."""
+    from vigil.models import build_model
+
+    spec = json.loads((model_dir / "model.json").read_text())
+    network = build_model(spec)
+    network.load_state_dict(load_file(model_dir / "weights.safetensors"))
+    network.eval()
+    prep = IMAGE_PREP if modality == "image" else VIDEO_PREP
+    frames = np.stack([preprocess_frame(decode_image(b, "ref"), prep) for b in images])
+    score = score_frames if modality == "image" else score_video
+    return np.asarray(score(network, frames, prep, POST).scores)
+
+
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_logged_package_scores_equal_in_process_scores(mlflow_store, tmp_path, modality):
+    model_dir = tiny_model_dir(tmp_path / "model", modality, threshold=0.0)
+    images = raw_images(4)
+    reference = in_process_scores(model_dir, images, modality)
+    prep = IMAGE_PREP if modality == "image" else VIDEO_PREP
+    with mlflow.start_run() as run:
+        logged = pkg.log_package(
+            model_dir, prep=prep, postprocess=POST, dataset="tiny", run_id=run.info.run_id
+        )
+    assert logged.run_id == run.info.run_id
+    loaded = mlflow.pyfunc.load_model(logged.model_uri)
+    table = loaded.predict(pkg.images_frame(images))
+    np.testing.assert_array_equal(table["score"].to_numpy(), reference)  # NaN == NaN here
+    threshold = float(np.nanmin(reference))
+    assert logged.threshold == 0.0
+    finite = np.isfinite(reference)
+    assert table["is_anomaly"].to_numpy()[finite].all()  # score >= 0.0 always
+    if modality == "video":
+        assert np.isnan(reference[0]) and finite[1:].all()  # first frame has no prediction
+    assert threshold >= 0
+
+
+def test_package_heatmap_signature_and_checksum(mlflow_store, tmp_path):
+    model_dir = tiny_model_dir(tmp_path / "model", "image", threshold=1e9)
+    images = raw_images(2)
+    out = pkg.save_package(tmp_path / "pkg", model_dir, prep=IMAGE_PREP, postprocess=POST)
+    # Weights inside the package are byte-identical to the trained ones.
+    art = pkg.find_artifacts(out)
+    assert pkg.file_sha256(art / "weights.safetensors") == pkg.file_sha256(
+        model_dir / "weights.safetensors"
+    )
+    meta = pkg.read_package_metadata(out)
+    assert meta["threshold"] == 1e9 and meta["modality"] == "image"
+    assert meta["prep"]["size"] == [32, 32]
+    loaded = mlflow.pyfunc.load_model(str(out))
+    sig = loaded.metadata.get_input_schema()
+    assert sig.input_names() == ["image"]
+    table = loaded.predict(pkg.images_frame(images), params={"return_heatmap": True})
+    assert not table["is_anomaly"].any()
+    heat = cv2.imdecode(
+        np.frombuffer(base64.b64decode(table["heatmap"][0]), np.uint8), cv2.IMREAD_COLOR
+    )
+    assert heat.shape == (32, 32, 3)
+    # Decoded frames in-process give the same scores as encoded bytes through pyfunc.
+    direct = loaded.unwrap_python_model().score_decoded([decode_image(b) for b in images])
+    np.testing.assert_array_equal(direct["score"].to_numpy(), table["score"].to_numpy())
+    # Checksum: stable, blind to bytecode caches, sensitive to any file change.
+    first = pkg.package_checksum(out)
+    (out / "code" / "vigil" / "__pycache__").mkdir(exist_ok=True)
+    (out / "code" / "vigil" / "__pycache__" / "x.pyc").write_bytes(b"cache")
+    assert pkg.package_checksum(out) == first
+    weights = art / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert pkg.package_checksum(out) != first
+    requirements = (out / "requirements.txt").read_text()
+    assert "torch==2.13.0" in requirements and "+cpu" not in requirements
+    assert (out / "code" / "vigil" / "registry" / "pyfunc_model.py").is_file()
+
+
+def test_missing_threshold_is_a_clear_error(tmp_path):
+    model_dir = tiny_model_dir(tmp_path / "model", "image", threshold=0.1)
+    (model_dir / "threshold.json").unlink()
+    with pytest.raises(pkg.PackageError, match="threshold.json: missing"):
+        pkg.stage_artifacts(model_dir, tmp_path / "out", prep=IMAGE_PREP, postprocess=POST)

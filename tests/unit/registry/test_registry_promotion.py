@@ -1,0 +1,208 @@
+"""Registration and gated promotion against a real MLflow registry (the mlflow_store fixture)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from vigil.config import EvaluateConfig, GateConfig, ImageModelConfig, ImagePrep
+from vigil.registry import package as pkg
+from vigil.registry import promotion as pro
+
+PREP = ImagePrep(size=(32, 32), channels=1)
+POST = EvaluateConfig(median_blur=3)
+GATE = GateConfig(precision=0.9, min_recall=0.8, champion_tolerance=0.02)
+GOOD = {
+    "precision_at_threshold": 0.95,
+    "recall_at_threshold": 0.9,
+    "recall_at_precision": 0.9,
+    "image_auroc": 0.99,
+    "threshold": 0.1,
+}
+WEAK = {
+    "precision_at_threshold": 0.95,
+    "recall_at_threshold": 0.3,
+    "recall_at_precision": 0.3,
+    "image_auroc": 0.7,
+    "threshold": 0.1,
+}
+NAME = "vigil-tiny-image"
+LINEAGE = {"git_commit": "abc123", "data_hash": "d1", "dataset": "tiny", "modality": "image"}
+
+
+def logged_package(root: Path, seed: int) -> pkg.LoggedPackage:
+    from vigil.models import build_model, model_spec, save_trained
+
+    spec = model_spec(
+        "image", 1, PREP.size, ImageModelConfig(depth=1, filters=2, latent_channels=2), prep=PREP
+    )
+    torch.manual_seed(seed)
+    model_dir = root / f"model-{seed}"
+    save_trained(model_dir, build_model(spec), spec)
+    (model_dir / "threshold.json").write_text(json.dumps({"threshold": 0.1}))
+    with mlflow.start_run() as run:
+        return pkg.log_package(model_dir, prep=PREP, postprocess=POST, run_id=run.info.run_id)
+
+
+def champion(client) -> str | None:
+    found = pro.alias_version(client, NAME, pro.CHAMPION)
+    return None if found is None else str(found.version)
+
+
+class RegistryCutOff:
+    """Failure injection: a real client whose registry becomes unreachable at one call.
+
+    Every call goes to the real store until ``method`` is called with ``alias``; from then on
+    calls go to a client of a tracking server that does not answer (a closed local port).
+    """
+
+    def __init__(self, real, method: str, alias: str | None = None):
+        self._real, self._method, self._alias = real, method, alias
+        self._dead = mlflow.MlflowClient(
+            tracking_uri="http://127.0.0.1:9", registry_uri="http://127.0.0.1:9"
+        )
+        self.cut = False
+
+    def __getattr__(self, attr):
+        def call(*args, **kwargs):
+            if attr == self._method and (self._alias is None or self._alias in args):
+                self.cut = True
+            return getattr(self._dead if self.cut else self._real, attr)(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture()
+def client(mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    return mlflow.MlflowClient()
+
+
+def test_pass_moves_champion_and_fail_leaves_it(client, tmp_path):
+    first = pro.register_candidate(client, NAME, logged_package(tmp_path, 0), GOOD, GATE, LINEAGE)
+    assert first.passed and first.promoted and first.champion_before is None
+    assert champion(client) == first.version == "1"
+    tags = client.get_model_version(NAME, "1").tags
+    assert tags[pro.TAG_GATE_PASSED] == "true"
+    assert tags["vigil.git_commit"] == "abc123" and tags["vigil.data_hash"] == "d1"
+    assert float(tags["vigil.metric.recall_at_threshold"]) == 0.9
+    assert tags[pkg.CHECKSUM_TAG] == first.checksum
+
+    weak = pro.register_candidate(client, NAME, logged_package(tmp_path, 1), WEAK, GATE, LINEAGE)
+    assert not weak.passed and not weak.promoted
+    assert champion(client) == "1" and weak.champion_after == "1"
+    assert (
+        str(client.get_model_version_by_alias(NAME, pro.CHALLENGER).version) == weak.version == "2"
+    )
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags[pro.TAG_GATE_PASSED] == "false"
+    assert "recall 0.300 is below the minimum 0.8" in tags[pro.TAG_GATE_REASONS]
+    assert "REJECTED" in weak.summary() and "champion stays 1" in weak.summary()
+    # The gate compared the weak candidate with the champion's metrics read back from its tags.
+    assert weak.gate["compared_with_champion"] is True
+    assert weak.gate["champion"]["recall_at_precision"] == 0.9
+
+
+def test_force_promote_records_who_and_why(client, tmp_path):
+    pro.register_candidate(client, NAME, logged_package(tmp_path, 0), GOOD, GATE, LINEAGE)
+    pro.register_candidate(client, NAME, logged_package(tmp_path, 1), WEAK, GATE, LINEAGE)
+    import argparse
+
+    from vigil.registry.cli import register_promote
+
+    parser = argparse.ArgumentParser()
+    register_promote(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "promote",
+            "--model",
+            NAME,
+            "--force",
+            "2",
+            "--who",
+            "alice",
+            "--reason",
+            "line 3 needs the new camera angle",
+            "--decision-dir",
+            str(tmp_path / "decisions"),
+        ]
+    )
+    assert args.handler(args) == 0
+    assert champion(client) == "2"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags[pro.TAG_FORCED_BY] == "alice"
+    assert tags[pro.TAG_FORCE_REASON] == "line 3 needs the new camera angle"
+    [written] = list((tmp_path / "decisions").glob("*.json"))
+    record = json.loads(written.read_text())
+    assert record["forced"] and record["who"] == "alice" and record["champion_before"] == "1"
+    assert record["passed"] is False and record["champion_after"] == "2"
+    with pytest.raises(ValueError, match="reason"):
+        pro.force_promote(NAME, "1", "alice", " ", client=client, decision_dir=None)
+
+
+def test_registry_unreachable_at_alias_step_leaves_champion(client, tmp_path):
+    pro.register_candidate(client, NAME, logged_package(tmp_path, 0), GOOD, GATE, LINEAGE)
+    flaky = RegistryCutOff(client, "set_registered_model_alias", pro.CHAMPION)
+    with pytest.raises(Exception) as failure:
+        pro.register_candidate(flaky, NAME, logged_package(tmp_path, 1), GOOD, GATE, LINEAGE)
+    assert flaky.cut and "127.0.0.1:9" in str(failure.value)
+    assert champion(client) == "1"  # the real registry still names the old champion
+    assert client.get_model_version(NAME, "2").status == "READY"
+
+
+def test_tampered_package_is_never_champion(client, tmp_path):
+    """Files change between logging and promotion: verification refuses before any alias."""
+    logged = logged_package(tmp_path, 0)
+    from urllib.parse import urlparse
+
+    stored = Path(urlparse(mlflow.get_logged_model(logged.model_id).artifact_location).path)
+    weights = stored / "artifacts" / "model" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"tampered")
+    with pytest.raises(pro.PromotionError, match="incomplete or was modified"):
+        pro.register_candidate(client, NAME, logged, GOOD, GATE, LINEAGE)
+    assert champion(client) is None
+    assert pro.alias_version(client, NAME, pro.CHALLENGER) is None
+
+
+def test_register_stage_gates_and_writes_decision(client, tmp_path, capsys):
+    """pipelines/register.py end to end on a real store: pass, then a rejected weak model (exit 0)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[3] / "pipelines" / "register.py"
+    spec = importlib.util.spec_from_file_location("register_stage", script)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    (tmp_path / "params.yaml").write_text(
+        "data:\n  datasets:\n    tiny:\n      source: data/raw/tiny\n      modality: image\n"
+        "register:\n  model_name_prefix: vigil\n"
+    )
+    from vigil.models import build_model, model_spec, save_trained
+
+    for seed, metrics in ((0, GOOD), (1, WEAK)):
+        model_dir = tmp_path / "models" / "tiny"
+        cfg = ImageModelConfig(depth=1, filters=2, latent_channels=2)
+        torch.manual_seed(seed)
+        mspec = model_spec("image", 1, PREP.size, cfg, prep=PREP)
+        save_trained(model_dir, build_model(mspec), mspec)
+        (model_dir / "threshold.json").write_text(
+            json.dumps({"threshold": 0.1, "postprocess": POST.model_dump()})
+        )
+        with mlflow.start_run(tags={"vigil.git_commit": "c0ffee", "vigil.data_hash": "h1"}) as run:
+            pass
+        (model_dir / "train.json").write_text(json.dumps({"run_id": run.info.run_id}))
+        (tmp_path / "reports" / "tiny").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "reports" / "tiny" / "metrics.json").write_text(json.dumps(metrics))
+        assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
+        decision = json.loads((tmp_path / "reports" / "tiny" / "decision.json").read_text())
+        assert decision["version"] == str(seed + 1)
+    assert decision["passed"] is False and decision["champion_after"] == "1"
+    assert "gate REJECTED" in capsys.readouterr().out
+    tags = client.get_model_version("vigil-tiny-image", "2").tags
+    assert tags["vigil.git_commit"] == "c0ffee" and tags["vigil.dataset"] == "tiny"
+    # The package went into the training run.
+    assert client.get_model_version("vigil-tiny-image", "2").run_id == run.info.run_id

@@ -1,0 +1,95 @@
+"""`pull`: alias -> verified, atomically installed package with a manifest (real registry)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from conftest import make_model_dir, png, register, sample_images
+
+from vigil.registry.package import CHECKSUM_TAG
+from vigil.serving.pull import (
+    MANIFEST_FILE,
+    PACKAGE_DIR,
+    ChecksumMismatchError,
+    PullError,
+    pull,
+    read_manifest,
+)
+
+
+def _stored_files(root, name):
+    """Files of the registered packages in the test's artifact store."""
+    return list((root / "artifacts").rglob(name))
+
+
+def test_pull_installs_package_and_manifest(image_registry, tmp_path):
+    name, _ = image_registry
+    manifest = pull(name, "champion", tmp_path / "deploy" / "model")
+    dest = tmp_path / "deploy" / "model"
+    assert (dest / PACKAGE_DIR / "MLmodel").is_file()
+    assert json.loads((dest / MANIFEST_FILE).read_text()) == manifest
+    assert manifest["name"] == name and manifest["version"] == "1"
+    assert manifest["alias"] == "champion"
+    assert manifest["threshold"] == pytest.approx(0.05)
+    assert manifest["metrics"]["test_image_auroc"] == 0.5
+    assert manifest["run_id"] and manifest["pulled_at"] and len(manifest["checksum"]) == 64
+    assert [p.name for p in (tmp_path / "deploy").iterdir()] == ["model"]  # no temp leftovers
+    # the same version again: a no-op (the files are not rewritten)
+    inode = (dest / MANIFEST_FILE).stat().st_ino
+    assert pull(name, "champion", dest) == manifest
+    assert (dest / MANIFEST_FILE).stat().st_ino == inode
+
+
+def test_new_champion_replaces_the_installed_version(image_registry, tmp_path):
+    name, _ = image_registry
+    dest = tmp_path / "deploy" / "model"
+    pull(name, "champion", dest)
+    register(name, make_model_dir(tmp_path / "train2", "image", seed=1, threshold=0.07))
+    manifest = pull(name, "champion", dest)
+    assert manifest["version"] == "2" and read_manifest(dest)["threshold"] == pytest.approx(0.07)
+
+
+def test_tampered_package_is_refused_and_nothing_is_replaced(image_registry, tmp_path):
+    name, _ = image_registry
+    dest = tmp_path / "deploy" / "model"
+    pull(name, "champion", dest)
+    before = (dest / MANIFEST_FILE).read_text()
+    register(name, make_model_dir(tmp_path / "train2", "image", seed=1))
+    # Someone edits the stored threshold of version 2 in the artifact store.
+    newest = max(_stored_files(tmp_path, "threshold.json"), key=lambda p: p.stat().st_mtime)
+    newest.write_text(json.dumps({"threshold": 1e9, "pixel_threshold": 1.0}))
+    with pytest.raises(ChecksumMismatchError, match="does not match the registered"):
+        pull(name, "champion", dest)
+    assert (dest / MANIFEST_FILE).read_text() == before
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["model"]
+
+
+def test_version_without_checksum_tag_unknown_alias_and_model(image_registry, tmp_path):
+    name, _ = image_registry
+    mlflow.MlflowClient().delete_model_version_tag(name, "1", CHECKSUM_TAG)
+    with pytest.raises(PullError, match=CHECKSUM_TAG):
+        pull(name, "champion", tmp_path / "a")
+    with pytest.raises(PullError, match="cannot resolve"):
+        pull(name, "no-such-alias", tmp_path / "b")
+    with pytest.raises(PullError, match="cannot resolve"):
+        pull("no-such-model", "champion", tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_pulled_package_scores_as_the_mlflow_pyfunc_does(image_registry, tmp_path):
+    """The service's scorer and the package's own pyfunc give the same answers."""
+    from vigil.registry.package import images_frame
+    from vigil.serving.loader import load_scorer
+
+    name, _ = image_registry
+    dest = tmp_path / "deploy" / "model"
+    pull(name, "champion", dest)
+    images = sample_images(3, seed=5)
+    ours = load_scorer(dest).score_images(images)
+    theirs = mlflow.pyfunc.load_model(str(dest / PACKAGE_DIR)).predict(
+        images_frame([png(image) for image in images])
+    )
+    assert list(theirs["score"]) == pytest.approx([r.score for r in ours], rel=1e-6)
+    assert list(theirs["is_anomaly"]) == [r.is_anomaly for r in ours]

@@ -1,0 +1,121 @@
+"""fit(): real 1-epoch trainings on tiny prepared data, logged to a real MLflow store."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import pytest
+import pytorch_lightning as pl
+from conftest import tiny_params
+
+from vigil.config import ImageModelConfig
+from vigil.models import ImageTooSmallError, load_trained
+from vigil.models.lightning import NonFiniteLossError
+from vigil.registry.tracking import TrackingError
+from vigil.training import fit
+
+
+class RecordValLoss(pl.Callback):
+    """Stands in for the sweep's pruning callback: reads val_loss after each validation."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.seen.append(float(trainer.callback_metrics["val_loss"]))
+
+
+def test_one_epoch_image_training_logs_a_complete_run(mlflow_store, image_dataset, tmp_path):
+    recorder = RecordValLoss()
+    result = fit(tiny_params(), image_dataset, tmp_path / "models" / "tiny", callbacks=[recorder])
+    assert result.epochs == 1 and result.objective > 0
+    assert recorder.seen == [pytest.approx(result.objective)]
+    model, spec = load_trained(tmp_path / "models" / "tiny")
+    assert spec == result.spec and spec["modality"] == "image"
+    assert result.weights == tmp_path / "models" / "tiny" / "weights.safetensors"
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "vigil-tiny"
+    params = run.data.params
+    assert params["model.image.depth"] == "2" and params["train.lr"] == "0.001"
+    assert params["data.dataset"] == "tiny" and params["prepare.image.normalize"] == "unit"
+    metrics = run.data.metrics
+    for name in ("train_loss", "val_loss", "n_params", "encoding_size", "wall_time_s",
+                 "train_images_per_s"):
+        assert metrics[name] > 0, name
+    assert metrics["encoding_size"] == 4 * 8 * 8
+    assert metrics["best_val_loss"] == pytest.approx(result.objective)
+    tags = run.data.tags
+    assert tags["vigil.dataset"] == "tiny" and tags["vigil.modality"] == "image"
+    assert len(tags["vigil.data_hash"]) == 64 and tags["vigil.git_commit"]
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert tags["vigil.data_hash"].startswith(dataset_input.dataset.digest)
+    images = [a.path for a in client.list_artifacts(result.run_id, "images")]
+    assert images == ["images/epoch_001.png"]
+
+
+def test_video_training_with_model_override_nested_under_a_parent(
+    mlflow_store, video_dataset, tmp_path
+):
+    parent = mlflow.MlflowClient().create_run(
+        mlflow.MlflowClient().create_experiment("vigil-tinyvid")
+    ).info.run_id
+    override = {"encoder_depth": 1, "filters": 4, "hidden_channels": 4, "error_head": True}
+    result = fit(tiny_params(), video_dataset, tmp_path / "trial0", model_cfg=override,
+                 parent_run_id=parent, run_name="trial-0", log_model_images=False)
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.info.run_name == "trial-0"
+    assert run.data.params["model.video.encoder_depth"] == "1"
+    assert run.data.metrics["encoding_size"] == 4 * 16 * 16  # ConvLSTM state at 32/2
+    assert not mlflow.MlflowClient().list_artifacts(result.run_id, "images")
+    model, spec = load_trained(tmp_path / "trial0")
+    assert spec["model"]["error_head"] is True and model.error_head is not None
+
+
+def test_resume_continues_from_the_last_checkpoint(mlflow_store, image_dataset, tmp_path):
+    first = fit(tiny_params(), image_dataset, tmp_path / "out", log_model_images=False)
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
+    second = fit(tiny_params(), image_dataset, tmp_path / "out", max_epochs=2,
+                 log_model_images=False)
+    assert second.epochs == 2
+    client = mlflow.MlflowClient()
+    assert client.get_run(second.run_id).data.tags["vigil.resumed_from"] == first.run_id
+    history = client.get_metric_history(second.run_id, "train_loss")
+    assert [m.step for m in history] == [1]  # epoch 0 was not trained again
+    # other settings: starts over instead of resuming an incompatible checkpoint
+    third = fit(tiny_params(lr=0.002), image_dataset, tmp_path / "out", log_model_images=False)
+    assert third.epochs == 1
+    assert "vigil.resumed_from" not in client.get_run(third.run_id).data.tags
+
+
+def test_diverging_loss_fails_the_run_and_writes_no_weights(mlflow_store, image_dataset, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="loss is (nan|inf)"):
+        fit(tiny_params(lr=1e30, max_epochs=3), image_dataset, tmp_path / "out",
+            log_model_images=False)
+    assert not (tmp_path / "out" / "weights.safetensors").exists()
+    (run,) = mlflow.search_runs(experiment_names=["vigil-tiny"], output_format="list")
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags["vigil.error"]
+
+
+def test_image_too_small_for_depth_names_both_numbers(mlflow_store, image_dataset, tmp_path):
+    with pytest.raises(ImageTooSmallError, match="image 32x32 is too small for depth 6: needs at least 64x64"):
+        fit(tiny_params(), image_dataset, tmp_path / "out",
+            model_cfg=ImageModelConfig(depth=6, filters=2, latent_channels=2))
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_unreachable_tracking_server_fails_fast_with_the_url(
+    image_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    started = time.perf_counter()
+    with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9"):
+        fit(tiny_params(), image_dataset, tmp_path / "out")
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "out").exists()

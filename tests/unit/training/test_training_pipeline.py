@@ -1,0 +1,57 @@
+"""pipelines/train.py: best-config override, outputs, exit codes (run in-process, real store)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+from conftest import tiny_params
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _load_pipeline():
+    spec = importlib.util.spec_from_file_location("train_pipeline", REPO / "pipelines" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_params(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params().model_dump(mode="json")))
+    return path
+
+
+def test_train_stage_uses_best_config_and_writes_its_outputs(mlflow_store, image_dataset, tmp_path):
+    train = _load_pipeline()
+    params = _write_params(tmp_path)
+    out = tmp_path / "models" / "tiny"
+    out.mkdir(parents=True)
+    best = {"model": {"depth": 1, "filters": 4, "latent_channels": 3}, "objective": 1.5}
+    (out / "best_config.json").write_text(json.dumps(best))
+    code = train.main(["--dataset", "tiny", "--params", str(params), "--out", str(out),
+                       "--data", str(image_dataset)])
+    assert code == 0
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["model_from"] == "best_config" and summary["epochs"] == 1
+    assert summary["objective"] > 0 and len(summary["run_id"]) == 32
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["model"]["depth"] == 1 and spec["model"]["latent_channels"] == 3
+    assert (out / "weights.safetensors").is_file()
+
+
+def test_train_stage_reports_bad_inputs_with_exit_code_2(mlflow_store, tmp_path, capsys):
+    train = _load_pipeline()
+    params = _write_params(tmp_path)
+    code = train.main(["--dataset", "tiny", "--params", str(params),
+                       "--data", str(tmp_path / "nowhere")])
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "tiny" / "best_config.json").write_text('{"model": {"depht": 2}}')
+    code = train.main(["--dataset", "tiny", "--params", str(params)])
+    assert code == 2
+    assert "depht" in capsys.readouterr().err
