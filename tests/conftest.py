@@ -54,10 +54,13 @@ def mlflow_store(_mlflow_template: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def _forget_active_experiment() -> None:
-    """mlflow.set_experiment caches the experiment id per process; another store lacks it."""
+    """mlflow.set_experiment caches the experiment id per process, and also exports it as
+    MLFLOW_EXPERIMENT_ID for subprocesses; another store lacks that id, so forget both."""
     import mlflow.tracking.fluent as fluent
 
     fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 
 
 @pytest.fixture(autouse=True)
