@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = Path(sys.executable).resolve().parents[1]
+VENV = Path(sys.prefix)  # the virtual environment running this script (not the base python)
 
 
 def timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the clone and print its path")
     args = parser.parse_args()
 
+    if not (VENV / "bin" / "dvc").is_file():
+        sys.exit(f"run this with the project's environment (.venv/bin/python), not {sys.executable}")
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-pipeline-"))
     clone = work / "vigil"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
