@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from vigil.atomic import atomic_write_json
 from vigil.config import ConfigError, ImageModelConfig, Params, VideoModelConfig, load_params
 
 
@@ -56,15 +55,6 @@ def best_model_config(
         raise ConfigError(f"{path}: invalid 'model' for a {modality} dataset: {error}") from None
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace, params: Params) -> dict:
     from vigil.training import fit
 
@@ -81,7 +71,7 @@ def run(args: argparse.Namespace, params: Params) -> dict:
         "wall_time_s": round(result.wall_time_s, 2),
         "model_from": "best_config" if best is not None else "params",
     }
-    write_json_atomic(out / "train.json", summary)
+    atomic_write_json(out / "train.json", summary)
     return summary
 
 

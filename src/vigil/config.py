@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,9 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -221,8 +224,8 @@ class Params(Strict):
             raise ConfigError(f"unknown dataset {name!r} (data.datasets has: {known})") from None
 
 
-def _format_validation_error(path: Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid parameters"]
+def _format_validation_error(path: Path, error: ValidationError, what: str = "parameters") -> str:
+    lines = [f"{path}: invalid {what}"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
@@ -232,25 +235,35 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: dict, path: Path | str = "params.yaml") -> Params:
-    """Validate a params mapping; raises ConfigError naming the file and every bad key."""
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(_format_validation_error(Path(path), error)) from None
-
-
-def load_params(path: Path | str = "params.yaml") -> Params:
+def read_yaml_mapping(path: Path | str, what: str = "params file") -> dict:
+    """The top-level mapping of a YAML file; ConfigError names the file for any problem."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return parse_params(raw, path)
+    return raw
+
+
+def validate_config(model: type[M], raw: dict, path: Path | str, what: str) -> M:
+    """``model.model_validate(raw)``; ConfigError naming the file and every bad key."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(Path(path), error, what)) from None
+
+
+def parse_params(raw: dict, path: Path | str = "params.yaml") -> Params:
+    """Validate a params mapping; raises ConfigError naming the file and every bad key."""
+    return validate_config(Params, raw, path, "parameters")
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    return parse_params(read_yaml_mapping(path, "params file"), path)
 
 
 # --- locations -------------------------------------------------------------------------------

@@ -19,14 +19,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vigil.atomic import atomic_write_text
 from vigil.config import EvaluateConfig, ImagePrep, Params, VideoPrep
 from vigil.data.prepared import PreparedDataset
 from vigil.evaluation import metrics as M
@@ -85,20 +84,6 @@ class EvaluationResult:
 
 
 # --- small IO helpers ------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -3,8 +3,6 @@ and returns its path; inputs are plain arrays so the figures can be redrawn from
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from vigil.atomic import atomic_write
+
 DPI = 110
 #: Defect types get these colors in order; green is kept for ``good``.
 DEFECT_COLORS = ["tab:orange", "tab:red", "tab:purple", "tab:blue", "tab:brown", "tab:pink",
@@ -23,17 +23,11 @@ DEFECT_COLORS = ["tab:orange", "tab:red", "tab:purple", "tab:blue", "tab:brown",
 
 def _save(fig, path: Path) -> Path:
     """Write the figure atomically (temp file, then rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight"),
+                            suffix=".png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def plot_pr(

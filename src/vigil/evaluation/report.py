@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vigil.atomic import atomic_write_text
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
@@ -87,14 +87,4 @@ def render_report(
 
 def write_report(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)

@@ -8,8 +8,6 @@ are stored with safetensors, so loading a model never unpickles code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vigil.atomic import atomic_write
 from vigil.config import ImageModelConfig, ImagePrep, VideoModelConfig
 from vigil.models.autoencoder import ConvAutoencoder, check_size
 from vigil.models.predictor import FramePredictor
@@ -89,18 +88,6 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     return FramePredictor(spec["in_channels"], cfg, output=output)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temp file over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_trained(model_dir: Path | str, model: nn.Module, spec: dict[str, Any]) -> Path:
     """Write ``weights.safetensors`` then ``model.json`` into ``model_dir``, each atomically.
 
@@ -110,8 +97,8 @@ def save_trained(model_dir: Path | str, model: nn.Module, spec: dict[str, Any]) 
     model_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = model_dir / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": SPEC_FORMAT}))
-    _atomic_write(
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": SPEC_FORMAT}))
+    atomic_write(
         model_dir / SPEC_FILE, lambda tmp: tmp.write_text(json.dumps(spec, indent=1) + "\n")
     )
     return weights

@@ -13,9 +13,7 @@ moved by someone else meanwhile) raises ``PromotionError`` and leaves the alias 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.tracking import MlflowClient
 
+from vigil.atomic import atomic_write_json
 from vigil.config import GateConfig
 from vigil.registry.package import CHECKSUM_TAG, LoggedPackage, package_checksum
 
@@ -322,18 +321,7 @@ def force_promote(
 
 def write_decision(decision: Decision, path: Path | str) -> Path:
     """Write the decision JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(decision.to_dict(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, decision.to_dict(), indent=2)
 
 
 def _is_number(value: Any) -> bool:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vigil.config import ConfigError
+from vigil.config import read_yaml_mapping, validate_config
 
 DEFAULT_CONFIG = "configs/retrain.yaml"
 
@@ -104,23 +103,5 @@ class RetrainConfig(_Strict):
 
 def load_retrain_config(path: Path | str = DEFAULT_CONFIG) -> RetrainConfig:
     """Read and validate ``configs/retrain.yaml``; ConfigError names the file and every bad key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: retrain config not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    try:
-        return RetrainConfig.model_validate(raw)
-    except ValidationError as error:
-        lines = [f"{path}: invalid retrain config"]
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            if item["type"] == "extra_forbidden":
-                lines.append(f"  {key}: unknown key (typo?)")
-            else:
-                lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+    raw = read_yaml_mapping(path, "retrain config")
+    return validate_config(RetrainConfig, raw, path, "retrain config")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from vigil.atomic import atomic_write_json
 from vigil.config import DatasetSpec, Params
 from vigil.data.ingest import IMAGE_EXTENSIONS, natural_key
 from vigil.data.preprocess import ImageDecodeError, decode_image
@@ -67,11 +68,7 @@ def utc_now() -> str:
 
 def write_json_atomic(path: Path, data: object) -> Path:
     """Write JSON to ``path`` via a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, data)
 
 
 def sha256_file(path: Path) -> str:

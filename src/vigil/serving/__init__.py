@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from vigil.config import ConfigError, Strict
+from vigil.config import ConfigError, Strict, read_yaml_mapping, validate_config
 
 DEFAULT_CONFIG = "configs/serving.yaml"
 
@@ -71,20 +70,5 @@ def load_serving_config(path: Path | str | None = DEFAULT_CONFIG) -> ServingConf
         if str(path) == DEFAULT_CONFIG:
             return ServingConfig()
         raise ConfigError(f"{path}: serving config not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        return ServingConfig.model_validate(raw)
-    except ValidationError as error:
-        lines = [f"{path}: invalid serving settings"]
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            if item["type"] == "extra_forbidden":
-                lines.append(f"  {key}: unknown key (typo?)")
-            else:
-                lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+    raw = read_yaml_mapping(path, "serving config")
+    return validate_config(ServingConfig, raw, path, "serving settings")

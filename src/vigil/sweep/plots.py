@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from vigil.atomic import atomic_write_text
 
 PLOT_FIELDS = (
     "trial",
@@ -28,14 +28,6 @@ PLOT_FIELDS = (
 )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def plot_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with errors (completed trials), sorted by encoding size, only PLOT_FIELDS."""
     done = [r for r in rows if r.get("ratio") is not None and r.get("encoding_size") is not None]
@@ -46,13 +38,13 @@ def plot_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_plot_data(rows: list[dict[str, Any]], json_path: Path, csv_path: Path | None) -> None:
     """``json_path``: the rows as a JSON list (``dvc plots`` reads it); ``csv_path``: same rows."""
     data = plot_rows(rows)
-    _atomic_write(Path(json_path), json.dumps(data, indent=1) + "\n")
+    atomic_write_text(Path(json_path), json.dumps(data, indent=1) + "\n")
     if csv_path is not None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=PLOT_FIELDS)
         writer.writeheader()
         writer.writerows(data)
-        _atomic_write(Path(csv_path), buffer.getvalue())
+        atomic_write_text(Path(csv_path), buffer.getvalue())
 
 
 def sweep_figure(rows: list[dict[str, Any]], png_path: Path, title: str = "") -> Path:

@@ -32,6 +32,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from vigil.atomic import atomic_write_json
 from vigil.config import ImagePrep, Params, optuna_storage
 from vigil.data.prepared import PreparedDataset
 from vigil.registry.tracking import connect, ensure_experiment
@@ -583,15 +584,6 @@ def run_sweep(
 # --- the DVC stage ---------------------------------------------------------------------------
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def run_stage(
     params: Params,
     dataset: str,
@@ -620,5 +612,5 @@ def run_stage(
     else:
         result = run_sweep(params, root / "data" / "prepared" / dataset, reports, n_workers)
         best = result.best_config()
-    _write_json(out, best)
+    atomic_write_json(out, best)
     return best

@@ -105,8 +105,9 @@ class EpochMetricsCallback(pl.Callback):
         self.run_id = run_id
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [

@@ -121,12 +121,13 @@ def test_killed_workers_trial_is_marked_failed_and_the_study_goes_on(tmp_path):
     )
     proc = multiprocessing.get_context("spawn").Process(target=_ask_and_hang, args=(url, "hb"))
     proc.start()
-    deadline = time.time() + 60
-    while (
-        not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) and time.time() < deadline
-    ):
+    deadline = time.time() + 300  # the spawned worker imports torch and mlflow first
+    running: list = []
+    while not running and proc.is_alive() and time.time() < deadline:
         time.sleep(0.2)
+        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     os.kill(proc.pid, signal.SIGKILL)
+    assert running, "the worker never started its trial"
     proc.join()
     time.sleep(3)  # > grace period
     study = optuna.load_study(study_name="hb", storage=open_storage(url, 1, 2))
