@@ -1,6 +1,6 @@
 """Model benchmark: training images/s and inference frames/s of the default models.
 
-    .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N]
+    .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N] [--device cuda]
 
 For the default image model (ConvAutoencoder, 3 channels) and video model (FramePredictor,
 1 channel) of params.yaml, at each size and at batch 1 and 32:
@@ -18,6 +18,9 @@ Every configuration runs in a fresh process twice: with glibc's default malloc, 
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that large
 activation buffers are not returned to the OS after every call (DESIGN.md, known traps).
 Figures depend on what else runs on the machine: the output prints the load average.
+With ``--device cuda`` the models, inputs and the two reference kernels run on the GPU (every
+timed call ends with a synchronize; the heat-map post-processing still runs on the CPU, as in
+serving), and peak memory is the GPU's high-water mark.
 """
 
 from __future__ import annotations
@@ -41,16 +44,29 @@ TUNED_MALLOC = {
 }
 
 
+DEVICE = "cpu"  # set once per worker process from --device
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so a timed call includes it (no-op on the CPU)."""
+    if DEVICE != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def timed_rate(
     fn, items_per_call: int, seconds: float, min_calls: int = 2, warm_up: bool = True
 ) -> float:
     """Items per second of ``fn()`` (after one warm-up call) over >= ``seconds``."""
     if warm_up:
         fn()
+        synchronize()
     calls, start = 0, time.perf_counter()
     while calls < min_calls or time.perf_counter() - start < seconds:
         fn()
         calls += 1
+    synchronize()
     return calls * items_per_call / (time.perf_counter() - start)
 
 
@@ -66,9 +82,9 @@ def machine_peaks(seconds: float) -> dict[str, float]:
     """GFLOP/s of a 3x3 convolution (64 -> 64 channels, 8 x 128 x 128) and of a 2048^2 matmul."""
     import torch
 
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval()
-    x = torch.rand(8, 64, 128, 128)
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).eval().to(DEVICE)
+    x = torch.rand(8, 64, 128, 128, device=DEVICE)
+    a, b = torch.rand(2048, 2048, device=DEVICE), torch.rand(2048, 2048, device=DEVICE)
     with torch.inference_mode():
         conv_flops = count_flops(lambda: conv(x))
         conv_rate = timed_rate(lambda: conv(x), 1, seconds)
@@ -85,7 +101,7 @@ def build(modality: str, size: int):
     prep = prep.model_copy(update={"size": (size, size)})
     cfg = params.model.image if modality == "image" else params.model.video
     spec = model_spec(modality, prep.channels, (size, size), cfg, prep=prep)
-    return build_model(spec), prep, params
+    return build_model(spec).to(DEVICE), prep, params
 
 
 def heat_map_postprocess(params):
@@ -113,14 +129,15 @@ def bench_image(size: int, batches: list[int], seconds: float) -> list[dict]:
 
         def infer():
             with torch.inference_mode():
-                out = model(to_tensor(frames, prep))
+                out = model(to_tensor(frames, prep).to(DEVICE))
                 if post is not None:
-                    post(out.error_map[:, 0].numpy())
+                    post(out.error_map[:, 0].cpu().numpy())
 
         with torch.inference_mode():
-            flops = count_flops(lambda: model(to_tensor(frames, prep)))
+            flops = count_flops(lambda: model(to_tensor(frames, prep).to(DEVICE)))
         infer_rate = timed_rate(infer, batch, seconds)
-        train_rate, train_flops = bench_training(model, to_tensor(frames, prep), batch, seconds)
+        train_inputs = to_tensor(frames, prep).to(DEVICE)
+        train_rate, train_flops = bench_training(model, train_inputs, batch, seconds)
         rows.append(result_row("image", size, batch, infer_rate, flops / batch, train_rate,
                                train_flops / batch, post is not None))
     return rows
@@ -133,7 +150,7 @@ def bench_video(size: int, batches: list[int], seconds: float) -> list[dict]:
     clip_len = params.prepare.video.clip_len
     rows = []
     for batch in batches:
-        frame = torch.rand(batch, prep.channels, size, size)
+        frame = torch.rand(batch, prep.channels, size, size, device=DEVICE)
         model.eval()
         state = [model.init_state(batch, size, size)]
 
@@ -145,7 +162,7 @@ def bench_video(size: int, batches: list[int], seconds: float) -> list[dict]:
         with torch.inference_mode():
             flops = count_flops(lambda: model.step(frame, None))
         infer_rate = timed_rate(infer, batch, seconds)
-        clips = torch.rand(batch, clip_len, prep.channels, size, size)
+        clips = torch.rand(batch, clip_len, prep.channels, size, size, device=DEVICE)
         train_rate, train_flops = bench_training(model, clips, batch * clip_len, seconds)
         rows.append(result_row("video", size, batch, infer_rate, flops / batch, train_rate,
                                train_flops / (batch * clip_len), True))
@@ -182,6 +199,8 @@ def result_row(modality, size, batch, infer_rate, infer_flops, train_rate, train
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     if args.worker == "peaks":
         out = machine_peaks(args.seconds)
@@ -190,13 +209,16 @@ def worker(args: argparse.Namespace) -> None:
         fn = bench_image if modality == "image" else bench_video
         out = {"rows": fn(int(size), args.batches, args.seconds)}
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE != "cpu":
+        out["peak_rss_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out), flush=True)
 
 
 def run_worker(job: str, env_extra: dict[str, str], args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env_extra
     cmd = [sys.executable, __file__, "--worker", job, "--seconds", str(args.seconds),
-           "--threads", str(args.threads), "--batches", *map(str, args.batches)]
+           "--threads", str(args.threads), "--device", args.device,
+           "--batches", *map(str, args.batches)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -211,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--malloc", choices=["both", "default", "tuned"], default="both")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -220,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"default": {}, "tuned": TUNED_MALLOC}
     if args.malloc != "both":
         variants = {args.malloc: variants[args.malloc]}
-    print(f"threads {args.threads}, load average before: {os.getloadavg()[0]:.2f}")
+    print(f"device {args.device}, threads {args.threads}, "
+          f"load average before: {os.getloadavg()[0]:.2f}")
+    if args.device != "cpu":
+        variants = {"default": {}}  # malloc tuning is about CPU activations
     report = {}
     for name, env in variants.items():
         peaks = run_worker("peaks", env, args)
@@ -228,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
               f"matmul {peaks['mm_gflops']:.0f} GFLOP/s")
         print(f"{'model':6} {'size':>4} {'batch':>5} {'infer f/s':>10} {'GFLOP/f':>8} "
               f"{'GFLOP/s':>8} {'%conv':>6} {'%mm':>5} {'train f/s':>10} {'GFLOP/s':>8} "
-              f"{'%conv':>6} {'peak MiB':>9}")
+              f"{'%conv':>6} {'peak MiB':>9}")  # peak MiB: process RSS, or GPU memory on a GPU
         rows = []
         for modality in ("image", "video"):
             for size in args.sizes:
