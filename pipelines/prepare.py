@@ -5,7 +5,9 @@
 DIR defaults to data/prepared/<dataset>.
 
 Relative `source` / `labels_csv` paths in the params file are taken from the params file's folder.
-Exit status 2 with a one-paragraph message (naming the file or key) for bad input or params.
+Exit status 2 with a one-paragraph message (naming the file or key) for bad input or params,
+unreadable source or unwritable output. Unsupported files in the source are skipped with a
+warning and listed in the manifest (`ignored_files`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             extra_dir=args.params.resolve().parent / params.data.extra_dir / args.dataset,
         )
-    except (ConfigError, PrepareError) as error:
+    except (ConfigError, PrepareError, OSError) as error:
+        # every data problem is one message naming the file or key, never a traceback;
+        # OSError: an unreadable source folder or an unwritable output folder
         print(f"prepare: error: {error}", file=sys.stderr)
         return 2
     splits = ", ".join(f"{s}={result.counts[s]['items']}" for s in ("train", "val", "tune", "test"))

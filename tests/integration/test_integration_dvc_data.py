@@ -1,9 +1,15 @@
 """The real `dvc repro prepare` (generate + prepare) in a temporary git repo on tiny params:
 first run builds everything, a second run skips everything, a prepare param change reruns only
-the prepare stages."""
+the prepare stages, and code changes rerun only the stages that import that code.
+
+Also checks, without running DVC, that each stage's code deps in dvc.yaml are exactly the import
+closure of its ``pipelines/<stage>.py`` (lazy imports inside functions included): nothing it
+imports is missing (DVC would skip a stage whose code changed) and nothing it does not import is
+listed (a change to serving/ must not rerun training)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -97,3 +103,99 @@ def test_dvc_repro_generate_prepare_then_skip_then_rerun_prepare_only(dvc_repo: 
     assert _ran(third.stdout) == {"prepare@capsules", "prepare@print"}, third.stdout
     assert PreparedDataset.load(dvc_repo / "data" / "prepared" / "capsules").channels == 1
     assert "Data and pipelines are up to date" in _run([dvc, "status", "prepare"], dvc_repo).stdout
+
+
+def test_code_change_reruns_only_the_stages_that_import_it(dvc_repo: Path):
+    dvc = str(VENV_BIN / "dvc")
+    _run([dvc, "repro", "prepare"], dvc_repo)
+    with (dvc_repo / "src" / "vigil" / "serving" / "app.py").open("a") as handle:
+        handle.write("\n# touched by the test\n")
+    assert "Data and pipelines are up to date" in _run([dvc, "status", "prepare"], dvc_repo).stdout
+    with (dvc_repo / "src" / "vigil" / "data" / "splits.py").open("a") as handle:
+        handle.write("\n# touched by the test\n")
+    status = _run([dvc, "status", "prepare"], dvc_repo).stdout
+    assert "prepare@capsules" in status and "prepare@print" in status, status
+    assert "generate:" not in status, status
+
+
+# --- code deps of each stage == the import closure of its entry ------------------------------
+
+SRC = REPO / "src"
+# Stages whose output embeds the whole package source, not only what they import:
+# register logs the model with code_paths=[a copy of src/vigil] (vigil.registry.package).
+WHOLE_PACKAGE = {"register": "src/vigil"}
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a ``vigil...`` module name, or None when it is not a module."""
+    path = SRC.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """``vigil`` modules imported anywhere in ``path`` (top level and inside functions),
+    with their parent packages (importing ``a.b.c`` runs ``a`` and ``a.b`` too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            names |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] != "vigil":
+            continue
+        found |= {
+            ".".join(parts[:i]) for i in range(1, len(parts) + 1)
+            if _module_file(".".join(parts[:i]))
+        }
+    return found
+
+
+def import_closure(entry: Path) -> set[Path]:
+    """Source files of every vigil module ``entry`` can import, transitively, relative to REPO."""
+    seen: set[str] = set()
+    todo = list(_imported_modules(entry, "__main__"))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += _imported_modules(_module_file(name), name)
+    return {_module_file(name).relative_to(REPO) for name in seen}
+
+
+def _stage_deps() -> dict[str, list[str]]:
+    """{stage: its deps} from dvc.yaml (foreach stages: the ``do`` template)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage)["deps"] for name, stage in stages.items()}
+
+
+def _sources(dep: str) -> set[Path]:
+    """Python files a dep path stands for (a file, or every file under a folder)."""
+    path = REPO / dep
+    files = [path] if path.is_file() else path.rglob("*.py")
+    return {f.relative_to(REPO) for f in files if "__pycache__" not in f.parts}
+
+
+@pytest.mark.parametrize("stage", sorted(_stage_deps()))
+def test_stage_code_deps_are_exactly_its_import_closure(stage: str):
+    all_deps = _stage_deps()[stage]
+    assert f"pipelines/{stage}.py" in all_deps, f"dvc.yaml stage {stage!r}: entry not a dep"
+    deps = [d for d in all_deps if d.startswith("src/")]
+    if stage in WHOLE_PACKAGE:
+        assert deps == [WHOLE_PACKAGE[stage]], f"{stage}: expected only {WHOLE_PACKAGE[stage]}"
+        return
+    needed = import_closure(REPO / "pipelines" / f"{stage}.py")
+    listed = set().union(*(_sources(d) for d in deps))
+    missing = sorted(str(f) for f in needed - listed)
+    assert not missing, f"dvc.yaml stage {stage!r} lacks deps it imports: {missing}"
+    extra = sorted(str(f) for f in listed - needed)
+    assert not extra, f"dvc.yaml stage {stage!r} lists code it never imports: {extra}"

@@ -315,7 +315,8 @@ def _label_clip(clip: ClipRecord, rows: dict[str | int, FrameLabel], csv_path: P
 def scan_video(
     root: Path | str, labels_csv: Path | str | None = None, extra_dir: Path | None = None
 ) -> VideoSource:
-    """List the clips of a video source folder with their labels; raises ``IngestError``.
+    """List the clips of a video source folder with their labels; raises ``IngestError``, or
+    ``VideoDecodeError`` naming an ``fps.txt`` that is not a positive number.
 
     ``extra_dir`` (``data/extra/<dataset>``, filled by ``vigil ingest``) holds more normal
     clips in the layout of ``training/``; they join the training clips.

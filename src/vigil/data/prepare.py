@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vigil.config import DatasetSpec, ImagePrep, PrepareConfig, VideoPrep
 from vigil.data.ingest import (
+    IMAGE_EXTENSIONS,
     ClipRecord,
     FrameLabel,
     ImageRecord,
@@ -47,6 +48,7 @@ from vigil.data.preprocess import (
 )
 from vigil.data.splits import SplitError, split_labelled, split_normal
 from vigil.data.video import (
+    VIDEO_EXTENSIONS,
     DecodedFrame,
     FrameResampler,
     VideoDecodeError,
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 ItemError = (ImageDecodeError, PreprocessError, VideoDecodeError)
 ITEM_FIELDS = tuple(f.name for f in fields(Item))
+IGNORED_SHOWN = 5  # ignored files named in the warning (all are in the manifest)
 
 
 class PrepareError(ValueError):
@@ -158,6 +161,26 @@ class _BadFiles:
             )
 
 
+def warn_ignored(dataset: str, ignored: Iterable[str], supported: Iterable[str]) -> None:
+    """Warn, with a count and the first few names, about source files skipped for their
+    extension (they stay listed in the manifest's ``ignored_files``): a smaller dataset than the
+    folder suggests must not go unnoticed."""
+    ignored = list(ignored)
+    if not ignored:
+        return
+    shown = ", ".join(ignored[:IGNORED_SHOWN])
+    more = f" and {len(ignored) - IGNORED_SHOWN} more" if len(ignored) > IGNORED_SHOWN else ""
+    log.warning(
+        "dataset %r: ignored %d file(s) with an unsupported extension (supported: %s): %s%s "
+        "(listed under ignored_files in the manifest)",
+        dataset,
+        len(ignored),
+        " ".join(supported),
+        shown,
+        more,
+    )
+
+
 def _progress(total: int | None, desc: str, enabled: bool) -> tqdm:
     return tqdm(
         total=total, desc=desc, unit="frame", disable=not enabled, leave=False, mininterval=0.5
@@ -208,6 +231,7 @@ def prepare_images(
 ) -> dict[str, Any]:
     """Stream an MVTec-layout folder into ``writer``; returns the manifest (without its hash)."""
     source = scan_images(root, extra_dir)
+    warn_ignored(name, source.ignored, IMAGE_EXTENSIONS)
     prep = cfg.image
     splits = _image_splits(source.records, cfg)
     train = [r for r, s in zip(source.records, splits) if s == "train"]
@@ -364,6 +388,7 @@ def prepare_video(
 ) -> dict[str, Any]:
     """Stream a video folder into ``writer`` clip by clip; returns the manifest (without hash)."""
     source = scan_video(root, labels_csv, extra_dir)
+    warn_ignored(name, source.ignored, (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS))
     prep = cfg.video
     clip_split = _video_splits(source, cfg)
     # clips in split order so that each split's clips are contiguous, time order within a clip
@@ -602,7 +627,9 @@ def prepare_dataset(
     progress: bool = True,
     extra_dir: Path | str | None = None,
 ) -> PrepareResult:
-    """Prepare one dataset into ``out_dir`` (written atomically). Raises ``PrepareError``.
+    """Prepare one dataset into ``out_dir`` (written atomically).
+
+    Raises ``PrepareError`` naming the file, folder or key for every problem with the data.
 
     ``extra_dir``: normal items added by ``vigil ingest`` (``data/extra/<name>``), if any.
     """
@@ -628,7 +655,9 @@ def prepare_dataset(
                     progress=progress,
                     extra_dir=extra,
                 )
-        except (IngestError, SplitError) as error:
+        except (IngestError, SplitError, VideoDecodeError) as error:
+            # VideoDecodeError here is source-wide (a bad fps.txt while scanning frame folders);
+            # a bad video file is counted as a bad file inside prepare_video.
             raise PrepareError(f"dataset {name!r}: {error}") from None
         manifest["source"] = spec.source  # as configured, not the machine's absolute path
         manifest["content_hash"] = _content_hash(manifest, writer.data_hash())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -336,3 +337,113 @@ def test_cli_entry_point(tmp_path):
         [*cmd, "--dataset", "nope"], cwd=tmp_path, capture_output=True, text=True, check=False
     )
     assert unknown.returncode == 2 and "unknown dataset 'nope'" in unknown.stderr
+
+
+def test_unsupported_image_files_are_warned_about_and_kept_in_the_manifest(tmp_path, caplog):
+    root = _mvtec(tmp_path / "ds")
+    for name in ("train/good/a.webp", "train/good/b.webp", "test/crack/notes.txt"):
+        (root / name).write_bytes(b"not used")
+    for i in range(5):
+        (root / "test" / "good" / f"extra{i}.gif").write_bytes(b"GIF89a")
+    with caplog.at_level(logging.WARNING, logger="vigil.data.prepare"):
+        result = prepare_dataset(
+            "p", IMAGE_SPEC, _cfg(), tmp_path / "out", base_dir=tmp_path, progress=False
+        )
+    assert result.n_items == 22  # the supported files only
+    ignored = PreparedDataset.load(tmp_path / "out").manifest["ignored_files"]
+    assert len(ignored) == 8 and "train/good/a.webp" in ignored
+    messages = [r.getMessage() for r in caplog.records]
+    warning = next(m for m in messages if "unsupported extension" in m)
+    assert "dataset 'p': ignored 8 file(s)" in warning
+    assert "train/good/a.webp" in warning and "and 3 more" in warning
+
+
+def test_unsupported_files_in_a_video_source_are_warned_about(tmp_path, caplog):
+    root = _video_source(tmp_path / "vid", n_frames=6)
+    (root / "training" / "t4.webm").write_bytes(b"not supported")
+    with caplog.at_level(logging.WARNING, logger="vigil.data.prepare"):
+        prepare_dataset(
+            "v", VIDEO_SPEC, _cfg(), tmp_path / "out", base_dir=tmp_path, progress=False
+        )
+    assert PreparedDataset.load(tmp_path / "out").manifest["ignored_files"] == ["training/t4.webm"]
+    assert "dataset 'v': ignored 1 file(s)" in caplog.text and "training/t4.webm" in caplog.text
+
+
+def test_no_warning_without_unsupported_files(tmp_path, caplog):
+    _mvtec(tmp_path / "ds")
+    with caplog.at_level(logging.WARNING, logger="vigil.data.prepare"):
+        prepare_dataset(
+            "p", IMAGE_SPEC, _cfg(), tmp_path / "out", base_dir=tmp_path, progress=False
+        )
+    assert "unsupported extension" not in caplog.text
+
+
+def _frame_folder_source(root: Path, fps_text: str) -> Path:
+    """A frame-folder video source with a root-level ``fps.txt`` holding ``fps_text``."""
+    for part in ("training", "testing"):
+        for clip in ("01", "02"):
+            for i in range(4):
+                frame = np.full((24, 24, 3), 40 * i, np.uint8)
+                _write(root / part / "frames" / clip / f"{i:03d}.jpg", frame)
+    rows = [f"{c},{i:03d}.jpg,{i + 1},{int(i >= 2)}" for c in ("01", "02") for i in range(4)]
+    (root / "testing" / "frame_labels.csv").write_text(
+        "video,frame_file,frame_index_1based,label\n" + "\n".join(rows) + "\n"
+    )
+    (root / "fps.txt").write_text(fps_text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("fps_text", "message"),
+    [("fast", "expected one number (frames per second), got 'fast'"), ("0", "must be > 0")],
+)
+def test_bad_fps_file_is_a_prepare_error_naming_it(tmp_path, fps_text, message):
+    _frame_folder_source(tmp_path / "vid", fps_text)
+    with pytest.raises(PrepareError, match="fps.txt") as info:
+        prepare_dataset(
+            "f", VIDEO_SPEC, _cfg(), tmp_path / "out", base_dir=tmp_path, progress=False
+        )
+    assert str(info.value).startswith("dataset 'f': ") and message in str(info.value)
+    assert str(tmp_path / "vid" / "fps.txt") in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def _run_prepare_cli(tmp_path: Path, dataset: str, spec: dict) -> subprocess.CompletedProcess:
+    """pipelines/prepare.py on a one-dataset params file; returns the finished process."""
+    params = {"data": {"datasets": {dataset: spec}}, "prepare": {"image": {"size": [16, 16]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO / "pipelines" / "prepare.py"), "--params", "params.yaml"]
+    return subprocess.run(
+        [*cmd, "--no-progress", "--dataset", dataset],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("prepare: error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_cli_bad_fps_file_exits_2_with_one_line_naming_it(tmp_path):
+    _frame_folder_source(tmp_path / "vid", "thirty")
+    result = _run_prepare_cli(tmp_path, "clips", {"source": "vid", "modality": "video"})
+    _assert_one_error_line(result, "dataset 'clips'", "vid/fps.txt", "got 'thirty'")
+
+
+def test_cli_data_errors_exit_2_with_one_line(tmp_path):
+    root = _mvtec(tmp_path / "ds")
+    for defect in ("crack", "stain"):
+        shutil.rmtree(root / "test" / defect)
+    no_anomalies = _run_prepare_cli(tmp_path, "parts", {"source": "ds", "modality": "image"})
+    _assert_one_error_line(no_anomalies, "the test set has no anomalies")
+    other = tmp_path / "other"
+    _mvtec(other / "ds")
+    (other / "data").write_text("a file where the output folder should go")
+    unwritable = _run_prepare_cli(other, "parts", {"source": "ds", "modality": "image"})
+    _assert_one_error_line(unwritable, "Not a directory", "data")
