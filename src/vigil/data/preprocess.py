@@ -282,7 +282,10 @@ def to_tensor(frames: np.ndarray, prep: ImagePrep) -> torch.Tensor:
         array = array[None]
     if array.ndim != 4:
         raise ValueError(f"expected frames of shape (N, H, W, C), got {array.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
+    # Prepared frames are read-only memory maps; torch.from_numpy wants a writable array (it
+    # only reads it here, but warns), so copy when the array is not both contiguous and writable.
+    array = np.require(array, requirements=("C_CONTIGUOUS", "WRITEABLE"))
+    tensor = torch.from_numpy(array).permute(0, 3, 1, 2).float()
     tensor = tensor / 255.0
     if prep.normalize == "zscore":
         mean = tensor.mean(dim=(1, 2, 3), keepdim=True)
