@@ -2,6 +2,11 @@
 
 python pipelines/sweep.py --dataset NAME [--params params.yaml] [--out models/NAME/best_config.json]
                           [--workers N]
+
+Writes best_config.json and reports/NAME/{sweep.json,sweep.csv,sweep.png,pruning.json}, each
+atomically. Exit status 2 with one ``sweep: error:`` line on stderr (no traceback) for bad params,
+data or search space, a storage URL or tracking store that cannot be reached, Lightning settings
+it rejects, or a study with no completed trial.
 """
 
 from __future__ import annotations

@@ -76,6 +76,10 @@ def run(args: argparse.Namespace, params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlflow.exceptions import MlflowException
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from vigil.config import tracking_uri
     from vigil.data.prepared import PreparedDataError
     from vigil.models.lightning import NonFiniteLossError
     from vigil.registry.tracking import TrackingError
@@ -87,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args, params)
     except (ConfigError, PreparedDataError, TrackingError, ValueError) as error:
         print(f"train: error: {error}", file=sys.stderr)
+        return 2
+    except MisconfigurationException as error:
+        print(f"train: error: Lightning rejected the train settings in {args.params}: {error}",
+              file=sys.stderr)
+        return 2
+    except MlflowException as error:
+        print(f"train: error: MLflow tracking store {tracking_uri()} failed: {error}",
+              file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"train: training diverged: {error}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Video frame predictor: CNN encoder + ConvLSTM + decoder predicting frame t+1 from frames <= t.
 
 Training runs on clips (``forward``: encoder and decoder batched over time, the ConvLSTM
-unrolled); streaming runs frame by frame with a carried state (``step``). Both share one
-code path per frame, so a streamed video scores exactly as its clips do.
+unrolled); streaming runs frame by frame with a carried state (``stream`` returns the typed
+``AnomalyOutput`` of each frame; ``step`` the raw next-frame prediction). Both share one code
+path per frame, so a streamed video scores exactly as its clips do.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class ConvLSTMCell(nn.Module):
 
 
 class FramePredictor(nn.Module):
-    """Clip (B, T, C, H, W) -> AnomalyOutput over frames 1..T-1; ``step`` for streaming."""
+    """Clip (B, T, C, H, W) -> AnomalyOutput over frames 1..T-1; ``stream`` (typed result per
+    frame) or ``step`` (next-frame prediction) for streaming."""
 
     def __init__(
         self, in_channels: int, cfg: VideoModelConfig, output: OutputActivation = "sigmoid"
@@ -101,6 +103,28 @@ class FramePredictor(nn.Module):
         state = self.lstm(self._encode(frame), state)
         prediction, predicted = self._decode(state[0], height, width)
         return prediction, predicted, state
+
+    def stream(
+        self, frame: torch.Tensor, state: State | None = None
+    ) -> tuple[AnomalyOutput | None, State]:
+        """Streaming with the typed result: frame t (B, C, H, W) and the state carried from frames
+        < t -> (AnomalyOutput of frame t, state after frame t).
+
+        The output compares frame t with its prediction from the frames before it:
+        ``reconstruction`` (B, C, H, W), ``error_map`` (B, 1, H, W), ``score`` (B,),
+        ``predicted_error`` (B, 1, H, W) or None; it equals ``forward(clip)`` at index t-1 along
+        the time axis. ``state=None`` starts a stream: its first frame has nothing to be
+        predicted from, so the output is None (as clip mode has no output for frame 0).
+        """
+        height, width = frame.shape[-2:]
+        output = None
+        if state is None:
+            state = self.init_state(frame.shape[0], height, width)
+        else:
+            prediction, predicted = self._decode(state[0], height, width)
+            output = anomaly_output(frame, prediction, predicted, channel_dim=1)
+        state = self.lstm(self._encode(frame), state)
+        return output, state
 
     def step(self, frame: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Streaming: frame t (B, C, H, W) and the carried state -> (frame t+1 prediction, state).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -24,15 +25,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix (params, data, search space, storage URL, tracking store,
+    Lightning settings): reported as one line, not a traceback."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from vigil.registry.tracking import TrackingError
+    from vigil.sweep.study import StorageError, SweepError
+
+    return (
+        ValueError,  # ConfigError, SearchSpaceError, NoAnomaliesError, PreparedDataError, ...
+        FileNotFoundError,
+        StorageError,
+        SweepError,
+        TrackingError,
+        MisconfigurationException,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the sweep stage from parsed arguments; prints the best config; returns 0."""
+    """Run the sweep stage from parsed arguments; prints the best config and returns 0, or
+    prints one ``sweep: error: ...`` line on stderr and returns 2."""
     from vigil.config import load_params
     from vigil.sweep.study import run_stage
 
     if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
-    params = load_params(args.params)
-    best = run_stage(params, args.dataset, out=args.out, n_workers=args.workers)
+        print(f"sweep: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    try:
+        params = load_params(args.params)
+        best = run_stage(params, args.dataset, out=args.out, n_workers=args.workers)
+    except expected_errors() as error:
+        print(f"sweep: error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(best, indent=1))
     return 0
 

@@ -1,7 +1,8 @@
 """The seeds' figure: total error, anomaly error and their ratio against the encoding size.
 
 ``write_plot_data`` writes the rows DVC plots read (JSON list + CSV, one row per finished trial,
-sorted by encoding size); ``sweep_figure`` draws the PNG logged to the study's parent run.
+sorted by encoding size); ``sweep_figure`` draws the PNG logged to the study's parent run;
+``skipped_figure`` stands in for it when ``sweep.n_trials`` is 0. PNGs are written atomically.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from vigil.atomic import atomic_write_text
+from vigil.atomic import atomic_write, atomic_write_text
 
 PLOT_FIELDS = (
     "trial",
@@ -97,9 +99,39 @@ def sweep_figure(rows: list[dict[str, Any]], png_path: Path, title: str = "") ->
         ax.legend(handles, [h.get_label() for h in handles], loc="best", fontsize=8)
         ax.set_title(title or "sweep: error vs encoding size", fontsize=10)
         fig.tight_layout()
-        png_path = Path(png_path)
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png_path)
+        return _save(fig, png_path)
     finally:
         plt.close(fig)
-    return png_path
+
+
+def skipped_figure(png_path: Path, model: dict[str, Any], encoding_shape: tuple[int, ...]) -> Path:
+    """The PNG of a skipped sweep (``sweep.n_trials: 0``): says so, and shows the configured
+    model and its encoding (C x H' x W' = size), which train uses as is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shape = " x ".join(map(str, encoding_shape))
+    size = math.prod(int(d) for d in encoding_shape)
+    knobs = ", ".join(f"{k}={v}" for k, v in model.items())
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    try:
+        ax.axis("off")
+        lines = (
+            ("sweep skipped (sweep.n_trials = 0)", 14, "bold"),
+            ("train uses the configured model as is", 10, "normal"),
+            (f"encoding (C x H' x W'): {shape} = {size}", 12, "normal"),
+            (knobs, 8, "normal"),
+        )
+        for row, (text, fontsize, weight) in enumerate(lines):
+            ax.text(0.5, 0.8 - 0.2 * row, text, ha="center", va="center", wrap=True,
+                    fontsize=fontsize, fontweight=weight, transform=ax.transAxes)
+        return _save(fig, png_path)
+    finally:
+        plt.close(fig)
+
+
+def _save(fig, png_path: Path) -> Path:
+    """``fig`` as a PNG at ``png_path``, whole or not at all (temp file + rename)."""
+    return atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"), suffix=".png")

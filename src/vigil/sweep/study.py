@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from vigil.config import ImagePrep, Params, optuna_storage
 from vigil.data.prepared import PreparedDataset
 from vigil.registry.tracking import connect, ensure_experiment
 from vigil.sweep.objective import check_tune_split, tune_errors
-from vigil.sweep.plots import sweep_figure, write_plot_data
+from vigil.sweep.plots import skipped_figure, sweep_figure, write_plot_data
 from vigil.sweep.pruning import OptunaPruning
 from vigil.sweep.space import SearchSpace, grid, grid_size, load_space, model_config, suggest
 
@@ -231,6 +232,7 @@ class Objective:
         values = suggest(trial, self.knobs)
         cfg = model_config(self.params.model, self.data.modality, values)
         trial.set_user_attr("model", cfg.model_dump(mode="json"))
+        trial.set_user_attr("worker", worker_id())
         pruning = OptunaPruning(trial, self._scorer(trial))
         epochs = self.params.sweep.epochs_per_trial
         trial.set_user_attr("epoch_budget", epochs)
@@ -276,6 +278,11 @@ class Objective:
         return errors.objective
 
 
+def worker_id() -> str:
+    """``host:pid`` of the process running a trial (which worker, which machine)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _encoding_shape(model, height: int, width: int) -> tuple[int, int, int]:
     """(C, H', W'): the bottleneck (image) or the ConvLSTM state (video)."""
     if hasattr(model, "encoding_shape"):
@@ -316,6 +323,18 @@ def _worker(
             catch=(ImageTooSmallError, NonFiniteLossError),
             callbacks=[optuna.study.MaxTrialsCallback(params.sweep.n_trials, states=None)],
         )
+
+
+def _worker_process(*args: Any) -> None:
+    """``_worker`` as a child process: a storage or tracking failure ends it with one log
+    line and exit status 2 (the parent reports the failed worker), not a traceback."""
+    from vigil.registry.tracking import TrackingError
+
+    try:
+        _worker(*args)
+    except (StorageError, TrackingError) as error:
+        log.error("%s: %s", multiprocessing.current_process().name, error)
+        raise SystemExit(2) from None
 
 
 def _parent_run(study: optuna.Study, data: PreparedDataset, params: Params) -> str:
@@ -379,7 +398,7 @@ def _run_workers(
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
-            target=_worker,
+            target=_worker_process,
             name=f"sweep-worker-{w}",
             args=(
                 params,
@@ -434,6 +453,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                         "feasible",
                         "objective",
                         "run_id",
+                        "worker",
                         "epoch_budget",
                         "model",
                     )
@@ -457,6 +477,7 @@ def pruning_summary(rows: list[dict[str, Any]], epochs_per_trial: int) -> dict[s
         saved_s += max(0, epochs_per_trial - ran) * seconds / ran
     total_s = sum(r["duration_s"] or 0.0 for r in rows)
     return {
+        "sweep_ran": True,
         "n_trials": len(rows),
         "n_pruned": len(pruned),
         "pruned_epochs_run": run_epochs,
@@ -565,7 +586,7 @@ def run_sweep(
     summary = pruning_summary(rows, params.sweep.epochs_per_trial)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_plot_data(rows, out_dir / "sweep.json", out_dir / "sweep.csv")
-    (out_dir / "pruning.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_json(out_dir / "pruning.json", summary)
     png = sweep_figure(rows, out_dir / "sweep.png", title=f"{data.name}: {name}")
     _report_parent(parent, best, feasible, rows, summary, png, out_dir / "sweep.json")
     return SweepResult(
@@ -593,24 +614,46 @@ def run_stage(
     n_workers: int = 1,
 ) -> dict[str, Any]:
     """The ``sweep`` stage for one dataset: ``models/<dataset>/best_config.json`` and
-    ``reports/<dataset>/sweep.json``/``sweep.csv`` (plot data). ``sweep.n_trials: 0`` writes
-    the configured model as is (and empty plot data, so the stage's outputs always exist)."""
+    ``reports/<dataset>/``: ``sweep.json``/``sweep.csv`` (plot data), ``sweep.png`` and
+    ``pruning.json``. ``sweep.n_trials: 0`` writes the configured model as is, and still every
+    declared output (empty plot data, a figure and a pruning summary saying the sweep was
+    skipped), so ``dvc repro`` finds them all."""
     root = Path(root)
     spec = params.dataset(dataset)
     out = Path(out) if out else root / "models" / dataset / "best_config.json"
     reports = root / "reports" / dataset
     if params.sweep.n_trials == 0:
-        configured = params.model.image if spec.modality == "image" else params.model.video
-        best = {
-            "model": configured.model_dump(mode="json"),
-            "trial": None,
-            "objective": None,
-            "study": None,
-            "feasible": None,
-        }
-        write_plot_data([], reports / "sweep.json", reports / "sweep.csv")
+        best = _skip_sweep(params, spec.modality, reports)
     else:
         result = run_sweep(params, root / "data" / "prepared" / dataset, reports, n_workers)
         best = result.best_config()
     atomic_write_json(out, best)
     return best
+
+
+def _skip_sweep(params: Params, modality: str, reports: Path) -> dict[str, Any]:
+    """``sweep.n_trials: 0``: the configured model as the best config, and the stage's report
+    files (``sweep.json``, ``sweep.csv``, ``sweep.png``, ``pruning.json``) saying so."""
+    from vigil.models.spec import build_model, model_spec
+
+    configured = params.model.image if modality == "image" else params.model.video
+    prep = _prep(params, modality)
+    model = build_model(model_spec(modality, prep.channels, prep.size, configured, prep=prep))
+    encoding = _encoding_shape(model, *prep.size)
+    write_plot_data([], reports / "sweep.json", reports / "sweep.csv")
+    skipped_figure(reports / "sweep.png", configured.model_dump(mode="json"), encoding)
+    atomic_write_json(
+        reports / "pruning.json",
+        {
+            **pruning_summary([], params.sweep.epochs_per_trial),
+            "sweep_ran": False,
+            "reason": "sweep.n_trials is 0: the configured model is used as is",
+        },
+    )
+    return {
+        "model": configured.model_dump(mode="json"),
+        "trial": None,
+        "objective": None,
+        "study": None,
+        "feasible": None,
+    }

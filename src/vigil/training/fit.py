@@ -2,8 +2,10 @@
 
 The sweep is a loop over ``fit()`` (it passes ``model_cfg``, ``max_epochs``, ``parent_run_id``
 and a pruning callback); the train stage calls it once. Checkpoints go to
-``<out_dir>/checkpoints``; a later call with the same data, model and training settings resumes
-from ``last.ckpt`` (so an interrupted run continues, and a larger ``max_epochs`` trains on).
+``<out_dir>/checkpoints``. An interrupted run resumes from ``last.ckpt`` when a later call has
+the same data, model and training settings; a run that completed is never resumed (its state
+file says so), and neither is a checkpoint that trained more epochs than the new ``max_epochs``:
+both start fresh, so the result is what a fresh training with these settings gives.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from vigil.atomic import atomic_write_json
 from vigil.config import ImageModelConfig, ImagePrep, Params, VideoModelConfig
 from vigil.data.prepared import PreparedDataset
 from vigil.models.lightning import AnomalyModule
@@ -78,18 +81,68 @@ def _fingerprint(spec: dict, params: Params, data: PreparedDataset) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _resume_checkpoint(ckpt_dir: Path, fingerprint: str, resume: bool) -> tuple[Path | None, str | None]:
-    """(last.ckpt, run id that wrote it) when resumable; otherwise clears stale checkpoints."""
+def _read_state(state_file: Path) -> dict[str, Any]:
+    """The resume state (``fingerprint``, ``run_id``, ``completed``), or {} when unreadable."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The 0-based index of the last epoch ``path`` finished (Lightning's ``epoch``), or None
+    when the checkpoint cannot be read."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["epoch"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not resumed
+        return None
+
+
+def _resume_refusal(
+    last: Path, state: dict[str, Any], fingerprint: str, max_epochs: int
+) -> str | None:
+    """Why ``last`` must not be resumed, or None when it may."""
+    if state.get("fingerprint") != fingerprint:
+        return "different data, model or training settings"
+    if state.get("completed"):
+        return f"the run that wrote it ({state.get('run_id')}) completed"
+    epoch = _checkpoint_epoch(last)
+    if epoch is None:
+        return "it cannot be read"
+    if epoch >= max_epochs:
+        return f"it finished epoch {epoch + 1}, beyond max_epochs={max_epochs}"
+    return None
+
+
+def _resume_checkpoint(
+    ckpt_dir: Path, fingerprint: str, resume: bool, max_epochs: int
+) -> tuple[Path | None, str | None]:
+    """(last.ckpt, run id that wrote it) when an interrupted run with the same fingerprint can
+    go on; otherwise clears the checkpoints (with a log line saying why) and returns (None, None).
+    """
     state_file = ckpt_dir / STATE_FILE
     last = ckpt_dir / "last.ckpt"
+    reason = "resume=False"
     if resume and last.is_file() and state_file.is_file():
-        state = json.loads(state_file.read_text())
-        if state.get("fingerprint") == fingerprint:
+        state = _read_state(state_file)
+        reason = _resume_refusal(last, state, fingerprint, max_epochs)
+        if reason is None:
             return last, state.get("run_id")
+    elif resume:
+        reason = "no resumable checkpoint"
     if ckpt_dir.exists():
-        log.info("discarding checkpoints in %s (different settings or resume=False)", ckpt_dir)
+        log.info("starting fresh: discarding checkpoints in %s (%s)", ckpt_dir, reason)
         shutil.rmtree(ckpt_dir)
     return None, None
+
+
+def _write_state(ckpt_dir: Path, fingerprint: str, run_id: str, completed: bool) -> None:
+    """The resume state file: which settings and run wrote the checkpoints, and whether that
+    run completed (a completed run is never resumed)."""
+    state = {"fingerprint": fingerprint, "run_id": run_id, "completed": completed}
+    atomic_write_json(ckpt_dir / STATE_FILE, state)
 
 
 class _Throughput(pl.Callback):
@@ -148,7 +201,8 @@ def fit(
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     fingerprint = _fingerprint(spec, params, data)
-    ckpt_path, resumed_from = _resume_checkpoint(ckpt_dir, fingerprint, resume)
+    max_epochs = max_epochs or params.train.max_epochs
+    ckpt_path, resumed_from = _resume_checkpoint(ckpt_dir, fingerprint, resume, max_epochs)
 
     experiment_id = ensure_experiment(experiment_name(data.name))
     tags = {
@@ -165,12 +219,12 @@ def fit(
     )
     error: BaseException | None = None
     try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / STATE_FILE).write_text(json.dumps({"fingerprint": fingerprint, "run_id": run_id}))
+        _write_state(ckpt_dir, fingerprint, run_id, completed=False)
         result = _train_and_save(
             params, data, prep, spec, model, train_set, val_set, out_dir, ckpt_dir, ckpt_path,
             client, run_id, max_epochs, callbacks, log_model_images, clip_len, started,
         )
+        _write_state(ckpt_dir, fingerprint, run_id, completed=True)
         return result
     except BaseException as exc:
         error = exc
@@ -192,7 +246,7 @@ def _train_and_save(
     ckpt_path: Path | None,
     client,
     run_id: str,
-    max_epochs: int | None,
+    max_epochs: int,
     callbacks: Sequence[pl.Callback],
     log_model_images: bool,
     clip_len: int | None,
@@ -243,7 +297,7 @@ def _train_and_save(
     )
     val_loader = DataLoader(val_set, batch_size=train.batch_size, num_workers=train.num_workers)
     trainer = pl.Trainer(
-        max_epochs=max_epochs or train.max_epochs,
+        max_epochs=max_epochs,
         accelerator=train.accelerator,
         devices=1,
         logger=False,

@@ -7,6 +7,7 @@ import torch
 
 from vigil.config import VideoModelConfig
 from vigil.models import ConvLSTMCell, FramePredictor, ImageTooSmallError
+from vigil.models.outputs import AnomalyOutput
 
 CFG = VideoModelConfig(encoder_depth=2, filters=8, hidden_channels=6, error_head=True)
 
@@ -45,6 +46,39 @@ def test_streaming_with_carried_state_equals_clip_mode():
         pred, state = model.step(clip[:, t], state)
         preds.append(pred)
     torch.testing.assert_close(torch.stack(preds, dim=1), out.reconstruction, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_stream_returns_the_typed_output_of_each_frame_equal_to_clip_mode():
+    torch.manual_seed(0)
+    model = FramePredictor(3, CFG).eval()
+    clip = torch.rand(2, 7, 3, 36, 28)
+    out = model(clip)
+    first, state = model.stream(clip[:, 0])
+    assert first is None  # nothing to predict frame 0 from, as in clip mode
+    for t in range(1, 7):
+        frame_out, state = model.stream(clip[:, t], state)
+        assert isinstance(frame_out, AnomalyOutput)
+        assert frame_out.reconstruction.shape == (2, 3, 36, 28)
+        assert frame_out.error_map.shape == frame_out.predicted_error.shape == (2, 1, 36, 28)
+        assert frame_out.score.shape == (2,)
+        for name in AnomalyOutput._fields:
+            torch.testing.assert_close(
+                getattr(frame_out, name), getattr(out, name)[:, t - 1], atol=1e-5, rtol=1e-4
+            )
+
+
+@torch.no_grad()
+def test_stream_and_step_share_the_state():
+    torch.manual_seed(0)
+    model = FramePredictor(1, CFG).eval()
+    frames = torch.rand(3, 1, 1, 16, 16)
+    _, state = model.stream(frames[0])
+    _, state_step = model.step(frames[0])
+    prediction, _ = model.step(frames[1], state_step)
+    _, state = model.stream(frames[1], state)
+    out, _ = model.stream(frames[2], state)
+    torch.testing.assert_close(out.reconstruction, prediction)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from vigil.config import parse_params
@@ -24,6 +25,7 @@ from vigil.sweep.study import (
     run_sweep,
 )
 
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny dataset builders live beside
 from test_sweep_objective import make_images
 
@@ -64,6 +66,10 @@ def test_sweep_logs_nested_runs_and_writes_the_best_config(mlflow_store, tmp_pat
     assert all(r["ratio"] == pytest.approx(r["anomaly_error"] / r["total_error"]) for r in rows)
     assert max(r["objective"] for r in rows) == pytest.approx(saved["objective"])
     assert (tmp_path / "reports" / "tinysweep" / "sweep.csv").read_text().startswith("trial,")
+    missing = [p for p in _declared_sweep_outputs("tinysweep") if not (tmp_path / p).is_file()]
+    assert not missing
+    pruning = json.loads((tmp_path / "reports" / "tinysweep" / "pruning.json").read_text())
+    assert pruning["sweep_ran"] is True and pruning["n_trials"] == 3
 
     client = MlflowClient(mlflow_store)
     runs = client.search_runs([client.get_experiment_by_name("vigil-tinysweep").experiment_id])
@@ -87,12 +93,32 @@ def test_sweep_logs_nested_runs_and_writes_the_best_config(mlflow_store, tmp_pat
     assert len(client.search_runs([parent.info.experiment_id])) == len(runs)
 
 
-def test_zero_trials_uses_the_configured_model(tmp_path):
+def _declared_sweep_outputs(dataset: str) -> list[str]:
+    """The sweep stage's outs and plots in the repo's dvc.yaml, for ``dataset``."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["sweep"]["do"]
+    paths = []
+    for entry in stage.get("outs", []) + stage.get("plots", []):
+        path = next(iter(entry)) if isinstance(entry, dict) else entry
+        paths.append(path.replace("${key}", dataset))
+    return paths
+
+
+def test_zero_trials_uses_the_configured_model_and_writes_every_declared_output(tmp_path):
     params = tiny_params(tmp_path, n_trials=0)
     best = run_stage(params, "tinysweep", root=tmp_path)
     assert best["model"] == params.model.image.model_dump(mode="json")
     assert best["trial"] is None
-    assert json.loads((tmp_path / "reports" / "tinysweep" / "sweep.json").read_text()) == []
+    declared = _declared_sweep_outputs("tinysweep")
+    assert {"reports/tinysweep/sweep.png", "reports/tinysweep/pruning.json"} <= set(declared)
+    missing = [p for p in declared if not (tmp_path / p).is_file()]
+    assert not missing, f"dvc.yaml declares {missing}, the n_trials=0 stage did not write them"
+    reports = tmp_path / "reports" / "tinysweep"
+    assert json.loads((reports / "sweep.json").read_text()) == []
+    pruning = json.loads((reports / "pruning.json").read_text())
+    assert pruning["sweep_ran"] is False and pruning["n_trials"] == 0
+    assert "n_trials is 0" in pruning["reason"]
+    assert (reports / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert not list(reports.glob(".*"))  # no temp files left by the atomic writes
 
 
 def test_unreachable_storage_fails_fast_with_the_url():

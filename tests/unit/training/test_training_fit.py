@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import mlflow
@@ -76,20 +77,73 @@ def test_video_training_with_model_override_nested_under_a_parent(
     assert spec["model"]["error_head"] is True and model.error_head is not None
 
 
-def test_resume_continues_from_the_last_checkpoint(mlflow_store, image_dataset, tmp_path):
-    first = fit(tiny_params(), image_dataset, tmp_path / "out", log_model_images=False)
-    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
-    second = fit(tiny_params(), image_dataset, tmp_path / "out", max_epochs=2,
-                 log_model_images=False)
+class Interrupt(pl.Callback):
+    """Kills training at the start of epoch ``at`` (0-based), after the earlier epochs'
+    checkpoints were written: an interruption, as a crash or a kill would leave it."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == self.at:
+            raise InterruptedError(f"interrupted at epoch {self.at}")
+
+
+def _interrupted_fit(dataset, out, max_epochs: int, at: int) -> str:
+    """Run fit until the interruption; returns the id of the (FAILED) run."""
+    with pytest.raises(InterruptedError):
+        fit(tiny_params(), dataset, out, max_epochs=max_epochs, callbacks=[Interrupt(at)],
+            log_model_images=False)
+    (run,) = mlflow.search_runs(experiment_names=["vigil-tiny"], output_format="list",
+                                filter_string="attributes.status = 'FAILED'")
+    return run.info.run_id
+
+
+def _state(out) -> dict:
+    return json.loads((out / "checkpoints" / "resume.json").read_text())
+
+
+def test_resume_continues_an_interrupted_run(mlflow_store, image_dataset, tmp_path):
+    out = tmp_path / "out"
+    interrupted = _interrupted_fit(image_dataset, out, max_epochs=2, at=1)
+    assert _state(out)["completed"] is False
+    second = fit(tiny_params(), image_dataset, out, max_epochs=2, log_model_images=False)
     assert second.epochs == 2
+    state = _state(out)
+    assert state["run_id"] == second.run_id and state["completed"] is True
     client = mlflow.MlflowClient()
-    assert client.get_run(second.run_id).data.tags["vigil.resumed_from"] == first.run_id
+    assert client.get_run(second.run_id).data.tags["vigil.resumed_from"] == interrupted
     history = client.get_metric_history(second.run_id, "train_loss")
     assert [m.step for m in history] == [1]  # epoch 0 was not trained again
     # other settings: starts over instead of resuming an incompatible checkpoint
-    third = fit(tiny_params(lr=0.002), image_dataset, tmp_path / "out", log_model_images=False)
+    third = fit(tiny_params(lr=0.002), image_dataset, out, log_model_images=False)
     assert third.epochs == 1
     assert "vigil.resumed_from" not in client.get_run(third.run_id).data.tags
+
+
+def test_a_completed_run_is_never_resumed(mlflow_store, image_dataset, tmp_path):
+    """2 epochs, then max_epochs=1: trains 1 fresh epoch (resuming raised or over-trained)."""
+    out = tmp_path / "out"
+    fit(tiny_params(), image_dataset, out, max_epochs=2, log_model_images=False)
+    assert _state(out)["completed"] is True
+    again = fit(tiny_params(), image_dataset, out, max_epochs=1, log_model_images=False)
+    assert again.epochs == 1
+    client = mlflow.MlflowClient()
+    assert "vigil.resumed_from" not in client.get_run(again.run_id).data.tags
+    assert [m.step for m in client.get_metric_history(again.run_id, "train_loss")] == [0]
+
+
+def test_a_checkpoint_beyond_max_epochs_is_not_resumed(
+    mlflow_store, image_dataset, tmp_path, caplog
+):
+    out = tmp_path / "out"
+    _interrupted_fit(image_dataset, out, max_epochs=3, at=2)  # 2 epochs in last.ckpt
+    with caplog.at_level("INFO", logger="vigil.training.fit"):
+        again = fit(tiny_params(), image_dataset, out, max_epochs=1, log_model_images=False)
+    assert "beyond max_epochs=1" in caplog.text and "starting fresh" in caplog.text
+    assert again.epochs == 1
+    tags = mlflow.MlflowClient().get_run(again.run_id).data.tags
+    assert "vigil.resumed_from" not in tags
 
 
 def test_diverging_loss_fails_the_run_and_writes_no_weights(mlflow_store, image_dataset, tmp_path):

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import tiny_params
 
@@ -55,3 +56,38 @@ def test_train_stage_reports_bad_inputs_with_exit_code_2(mlflow_store, tmp_path,
     code = train.main(["--dataset", "tiny", "--params", str(params)])
     assert code == 2
     assert "depht" in capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("train: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_train_stage_reports_an_unreachable_tracking_store(
+    image_dataset, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code = _load_pipeline().main(["--dataset", "tiny", "--params", str(_write_params(tmp_path)),
+                                  "--out", str(tmp_path / "out"), "--data", str(image_dataset)])
+    assert code == 2
+    assert "http://127.0.0.1:9" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_stage_reports_a_lightning_misconfiguration(
+    mlflow_store, image_dataset, tmp_path, capsys
+):
+    """train.accelerator: gpu on a machine without one is Lightning's MisconfigurationException."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: accelerator=gpu is not a misconfiguration here")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(accelerator="gpu").model_dump(mode="json")))
+    code = _load_pipeline().main(["--dataset", "tiny", "--params", str(params),
+                                  "--out", str(tmp_path / "out"), "--data", str(image_dataset)])
+    assert code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(params) in line and "Lightning" in line
