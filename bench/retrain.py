@@ -3,16 +3,16 @@
     .venv/bin/python bench/retrain.py [--items 20] [--keep DIR]
 
 Builds a temporary git + DVC copy of the project (dvc.yaml, pipelines/, src/, configs/, default
-params.yaml restricted to the `capsules` dataset) with its own MLflow SQLite store, runs the pipeline once (the baseline, timed too),
-then times:
+params.yaml restricted to the `capsules` dataset) with its own MLflow SQLite store, runs the
+pipeline once (the baseline, timed too), then times:
 
 - a no-change cycle in-process and as a fresh `vigil retrain` process (what cron pays);
 - a full cycle: ``--items`` new normal capsule images (mirrored copies of generated ones, plus a
   corrupt and a duplicate one) -> ingest + `dvc add` -> `dvc repro` -> registry -> record.
 
-When the pipeline has no register stage yet, or `prepare` does not read ``data/extra``, the copy's
-dvc.yaml gets ``data/extra`` as a dependency of `prepare` so the cycle reruns what exists, and the
-output says which stages the measured cycle covered.
+The copy runs vigil's own dvc.yaml unchanged: `prepare` reads the ingested data
+(``${data.extra_dir}``) and the cycle runs through the register stage's gate, whose verdict is
+printed.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def _run(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def build_project(root: Path) -> list[str]:
-    """Copy the project into ``root`` (git + DVC); returns notes on what the pipeline lacks."""
+def build_project(root: Path) -> None:
+    """Copy the project into ``root`` (git + DVC), restricted to the ``capsules`` dataset."""
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # default params, capsules only
     params["data"]["datasets"] = {"capsules": params["data"]["datasets"]["capsules"]}
@@ -58,26 +58,14 @@ def build_project(root: Path) -> list[str]:
         shutil.copytree(
             REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
         )
-    notes = []
-    dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
-    stages = dvc_yaml["stages"]
-    prepare_deps = stages["prepare"]["do"]["deps"]
-    if "data/extra" not in prepare_deps:
-        prepare_deps.append("data/extra")
-        notes.append("prepare does not depend on data/extra yet: added in the bench copy")
-        (root / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     retrain = yaml.safe_load((root / "configs/retrain.yaml").read_text())
     retrain["datasets"] = {"capsules": retrain["datasets"]["capsules"]}
-    if "register" not in stages:
-        last = next(s for s in ("evaluate", "train", "sweep", "prepare") if s in stages)
-        notes.append(f"no register stage yet: the cycle runs up to {last}@capsules")
-        retrain["repro"]["targets"] = [f"{last}@{{dataset}}"]
     (root / "configs/retrain.yaml").write_text(yaml.safe_dump(retrain, sort_keys=False))
-    (root / "data/extra").mkdir(parents=True)
-    (root / "data/extra/README.md").write_text("ingested normal data: data/extra/<dataset>/\n")
+    extra = root / params["data"]["extra_dir"]
+    extra.mkdir(parents=True)
+    (extra / "README.md").write_text("ingested normal data: <extra_dir>/<dataset>/\n")
     _run(["git", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
-    return notes
 
 
 def drop_items(root: Path, n: int) -> None:
@@ -102,7 +90,7 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.update({k: v for k, v in _env().items() if k in ("DVC_NO_ANALYTICS", "PATH")})
     try:
-        notes = build_project(root)
+        build_project(root)
         baseline = _run([sys.executable, "-m", "dvc", "repro"], root)
         from vigil.scheduling.retrain import run_cycle
 
@@ -142,7 +130,8 @@ def main() -> None:
                 "quarantined": len(entry.get("quarantined", {})),
                 "repro_commands": record["repro_commands"],
                 "verdict": entry.get("verdict"),
-                "notes": notes,
+                "promoted": entry.get("promoted"),
+                "champion": [entry.get("champion_before"), entry.get("champion_after")],
                 "cpu_count": os.cpu_count(),
             },
             indent=1,

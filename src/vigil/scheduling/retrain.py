@@ -29,6 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import MISSING, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -235,33 +236,52 @@ def _file_digest(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
+def _decision_fields() -> tuple[set[str], list[str]]:
+    """(all, required) field names of the register stage's ``Decision`` (its decision.json)."""
+    from vigil.registry.promotion import Decision
+
+    every = fields(Decision)
+    required = [f.name for f in every if f.default is MISSING and f.default_factory is MISSING]
+    return {f.name for f in every}, required
+
+
 def read_decision(path: Path) -> dict[str, Any]:
-    """The register stage's decision; the fields the record needs, whatever their nesting."""
-    decision = json.loads(path.read_text())
+    """The register stage's decision file (``vigil.registry.promotion.write_decision``) as the
+    record's fields: ``verdict`` ("pass" | "fail", from the gate's ``passed``), ``promoted``,
+    ``candidate_version``, ``champion_before``, ``champion_after``, ``reasons``, ``forced``, and
+    the whole file under ``decision``. Raises ValueError naming the file and the field when the
+    file is not such a decision (another format, a missing field, a non-boolean verdict)."""
+    from vigil.registry.promotion import Decision
 
-    def pick(*keys: str) -> Any:
-        for key in keys:
-            node: Any = decision
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            if node is not None:
-                return node
-        return None
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object (a register decision), got {raw!r:.80}")
+    known, required = _decision_fields()
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ValueError(
+            f"{path}: not a register decision: missing field(s) {', '.join(missing)} "
+            f"(found {', '.join(sorted(raw)) or 'none'}; see vigil.registry.promotion.Decision)"
+        )
+    decision = Decision(**{k: v for k, v in raw.items() if k in known})
+    for name in ("passed", "promoted"):
+        if not isinstance(getattr(decision, name), bool):
+            raise ValueError(
+                f"{path}: field {name!r} must be true or false, got {getattr(decision, name)!r}"
+            )
 
-    verdict = pick("verdict", "decision", "gate.verdict")
-    if isinstance(verdict, bool):
-        verdict = "pass" if verdict else "fail"
-
-    def version(*keys: str) -> str | None:
-        value = pick(*keys)
+    def version(value: Any) -> str | None:
         return str(value) if value is not None else None
 
     return {
-        "verdict": verdict,
-        "candidate_version": version("candidate_version", "candidate.version", "version"),
-        "champion_before": version("champion_before", "champion.before"),
-        "champion_after": version("champion_after", "champion.after"),
-        "decision": decision,
+        "verdict": "pass" if decision.passed else "fail",
+        "promoted": decision.promoted,
+        "candidate_version": version(decision.version),
+        "champion_before": version(decision.champion_before),
+        "champion_after": version(decision.champion_after),
+        "reasons": list(decision.reasons),
+        "forced": decision.forced,
+        "decision": raw,
     }
 
 
@@ -466,6 +486,7 @@ def log_record_to_mlflow(cfg: RetrainConfig, record: dict[str, Any]) -> str:
             "data_version_before",
             "data_version_after",
             "verdict",
+            "promoted",
             "candidate_version",
             "champion_before",
             "champion_after",
@@ -534,6 +555,7 @@ def summarize(record: dict[str, Any]) -> str:
             f"data {e.get('data_version_before')} -> {e.get('data_version_after')}"
             + (
                 f", candidate v{e['candidate_version']} {e.get('verdict')}"
+                + (" (promoted)" if e.get("promoted") else "")
                 if e.get("candidate_version")
                 else ""
             )

@@ -5,6 +5,7 @@ consistent."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import mlflow
@@ -12,8 +13,9 @@ import pytest
 import yaml
 from test_sched_helpers import RETRAIN_YAML, dvc, image, make_project, read_records, write_png
 
+from vigil.registry.promotion import Decision, write_decision
 from vigil.scheduling import RetrainConfig, load_retrain_config
-from vigil.scheduling.retrain import repro_commands, run_cycle
+from vigil.scheduling.retrain import read_decision, repro_commands, run_cycle
 
 MODEL = "t-tiles-image"
 
@@ -78,8 +80,10 @@ def test_new_data_retrains_then_nothing_to_do(project: Path) -> None:
     assert entry["data_version_before"] != entry["data_version_after"]
     assert entry["ingested"] == 2 and set(entry["quarantined"]) == {"broken.png", "dup.png"}
     assert (root / "quarantine/tiles/broken.png.reason.txt").is_file()
-    assert (entry["candidate_version"], entry["verdict"]) == ("2", "pass")
+    assert (entry["candidate_version"], entry["verdict"], entry["promoted"]) == ("2", "pass", True)
     assert (entry["champion_before"], entry["champion_after"]) == ("1", "2") and _champion() == "2"
+    assert entry["reasons"] == ["normal images 5 vs champion 3"]
+    assert set(entry["decision"]) == {f.name for f in fields(Decision)}  # the real file format
     assert json.loads((root / "reports/tiles/count.json").read_text())["normal"] == 5
     assert read_records(root) == [record]
     (run,) = _retrain_runs()
@@ -146,7 +150,7 @@ def test_forced_cycle_with_drift_and_age_is_rejected_by_the_gate(project: Path) 
     assert record["repro_commands"] == ["dvc repro --force --downstream count@tiles"]
     assert entry["drift"]["fired"] and entry["drift"]["alarm_fraction"] == 1.0
     # same data: the candidate is not better, the gate rejects it, the champion stays
-    assert (entry["candidate_version"], entry["verdict"]) == ("2", "fail")
+    assert (entry["candidate_version"], entry["verdict"], entry["promoted"]) == ("2", "fail", False)
     assert entry["champion_before"] == entry["champion_after"] == "1" == _champion()
 
 
@@ -191,3 +195,42 @@ def test_repro_commands_per_trigger() -> None:
     assert commands == [["repro", "register@a"], ["repro", "--force", "--downstream", "prepare@b"]]
     whole = RetrainConfig(datasets={"a": {"inbox": "i"}}, repro={"targets": [], "force_from": None})
     assert repro_commands(whole, {"a": ["new_data"]}) == [["repro"]]
+
+
+def _decision(**overrides) -> Decision:
+    values = {
+        "model_name": MODEL,
+        "version": "3",
+        "passed": False,
+        "promoted": False,
+        "reasons": ["recall 0.80 < champion 0.90"],
+        "champion_before": "2",
+        "champion_after": "2",
+    }
+    return Decision(**{**values, **overrides})
+
+
+def test_read_decision_reads_what_the_register_stage_writes(tmp_path: Path) -> None:
+    path = write_decision(_decision(), tmp_path / "decision.json")
+    read = read_decision(path)
+    assert (read["verdict"], read["promoted"], read["candidate_version"]) == ("fail", False, "3")
+    assert (read["champion_before"], read["champion_after"]) == ("2", "2")
+    assert read["reasons"] == ["recall 0.80 < champion 0.90"] and read["forced"] is False
+    first = _decision(version="1", passed=True, promoted=True, champion_before=None)
+    read = read_decision(write_decision(first, tmp_path / "first.json"))
+    assert (read["verdict"], read["promoted"], read["champion_before"]) == ("pass", True, None)
+
+
+def test_read_decision_names_the_file_and_the_missing_fields(tmp_path: Path) -> None:
+    old = tmp_path / "decision.json"
+    old.write_text(json.dumps({"verdict": "pass", "candidate_version": "2"}))
+    with pytest.raises(ValueError, match=r"decision\.json: not a register decision: missing") as e:
+        read_decision(old)
+    assert "passed" in str(e.value) and "promoted" in str(e.value)
+    bad = _decision().to_dict() | {"passed": "yes"}
+    old.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="field 'passed' must be true or false"):
+        read_decision(old)
+    old.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        read_decision(old)

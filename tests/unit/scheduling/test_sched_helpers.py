@@ -4,7 +4,8 @@ The pipeline is not vigil's (that one trains models: too slow for unit tests) bu
 pipeline over the same data layout: ``count@D`` counts the normal images of the source and of
 ``data/extra/D`` into JSON; ``register@D`` logs an MLflow run, registers a model version and moves
 the ``champion`` alias only when its gate passes (more normal images than the champion had),
-writing ``reports/D/decision.json`` like vigil's register stage. Failures are injected for real:
+writing ``reports/D/decision.json`` with vigil's own ``Decision`` and ``write_decision``, so
+the file has exactly the real register stage's format. Failures are injected for real:
 ``count.py`` exits 1 while a ``FAIL_COUNT`` file exists, ``register.py`` writes a corrupt
 decision while ``BAD_DECISION`` exists.
 """
@@ -40,6 +41,7 @@ import json, sys
 from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
+from vigil.registry.promotion import Decision, write_decision
 ds = sys.argv[1]
 count = json.loads(Path("reports", ds, "count.json").read_text())["normal"]
 name = f"t-{ds}-image"
@@ -64,9 +66,13 @@ after = version.version if passed else (champ.version if champ else None)
 if Path("BAD_DECISION").exists():  # injected: a corrupt decision file
     Path("reports", ds, "decision.json").write_text("{not json")
     sys.exit(0)
-Path("reports", ds, "decision.json").write_text(json.dumps({
-    "verdict": "pass" if passed else "fail", "candidate_version": version.version,
-    "champion_before": champ.version if champ else None, "champion_after": after}))
+# the real format: the register stage's Decision, written by its own writer
+write_decision(Decision(
+    model_name=name, version=str(version.version), passed=passed, promoted=passed,
+    reasons=[f"normal images {count:g} vs champion {champ_count:g}"],
+    champion_before=str(champ.version) if champ else None,
+    champion_after=str(after) if after is not None else None, run_id=run.info.run_id,
+    metrics={"normal": float(count)}), Path("reports", ds, "decision.json"))
 """
 
 DVC_YAML = {
