@@ -221,6 +221,48 @@ def test_docker_default_command_serves_the_champion_outside_docker(mlflow_store,
         process.wait(30)
 
 
+def test_serve_score_log_feeds_the_drift_trigger(mlflow_store, tmp_path):
+    """`vigil serve --score-log` (a subprocess, real HTTP, concurrent clients) writes the log
+    that the retrain drift check reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vigil.scheduling import DriftConfig
+    from vigil.scheduling.drift import check_drift
+
+    name = "vigil-tiny-image"
+    _register_tiny_image_model(tmp_path, name)
+    port = _free_port()
+    log_path = tmp_path / "logs" / "scores.jsonl"
+    serve = ["serve", "--model-uri", f"models:/{name}@champion", "--no-follow", "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVING_MAIN, *serve, "--score-log", str(log_path)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    rng = np.random.default_rng(1)
+    images = [_png(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(20)]
+    try:
+        _wait_ready(process, url)
+        with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda data: client.post("/score", content=data), images))
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert [a.status_code for a in answers] == [200] * 20
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert len(rows) == 20 and {r["model_version"] for r in rows} == {"1"}
+    assert sorted(r["score"] for r in rows) == pytest.approx(
+        sorted(a.json()["score"] for a in answers)
+    )
+    cfg = DriftConfig(scores_log="logs/scores.jsonl", window=20, min_samples=20)
+    result = check_drift(cfg, tmp_path)
+    assert result.n_recent == 20
+    assert result.alarm_fraction == pytest.approx(np.mean([r["is_anomaly"] for r in rows]))
+
+
 def test_a_model_that_cannot_be_pulled_is_a_startup_error(mlflow_store, monkeypatch, capsys):
     from vigil.serving.cli import main
 

@@ -1,8 +1,12 @@
 """Optional drift trigger over production scores.
 
-Input: a JSONL log, one scored frame per line, as serving writes it:
-``{"score": 0.013, "threshold": 0.02, "time": "..."}`` (``threshold`` optional when the config
-sets one; lines without a numeric ``score`` are skipped). Two tests, either can fire:
+Input: the score log that ``vigil serve --score-log PATH`` / ``vigil watch --score-log PATH``
+(or ``score_log:`` in configs/serving.yaml) appends, one scored image or frame per line; the
+format is ``vigil.scheduling.scorelog``'s: ``{"time": ..., "model_name": ..., "model_version": ...,
+"score": 0.013, "threshold": 0.02, "is_anomaly": false}``. Only ``score`` and ``threshold`` are
+read (``threshold`` optional when the config sets one; lines without a numeric ``score`` are
+skipped). Point ``drift.scores_log`` in configs/retrain.yaml at that file. Two tests, either can
+fire:
 
 - alarm share: the fraction of the last ``window`` scores above the threshold exceeds
   ``max_alarm_fraction`` (the line raises far more alarms than the calibrated false-alarm rate:
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vigil.scheduling import DriftConfig
+from vigil.scheduling.scorelog import SCORE, THRESHOLD
 
 
 @dataclass
@@ -47,8 +52,8 @@ def read_scores(path: Path, last: int | None = None) -> tuple[np.ndarray, np.nda
                 continue
             try:
                 row = json.loads(line)
-                score = float(row["score"])
-                threshold = row.get("threshold")
+                score = float(row[SCORE])
+                threshold = row.get(THRESHOLD)
                 threshold = float(threshold) if threshold is not None else np.nan
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn last line or a non-score event: not a score

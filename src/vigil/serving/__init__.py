@@ -52,6 +52,8 @@ class WatchSettings(Strict):
 
 
 class ServingConfig(Strict):
+    # JSONL score log for the drift trigger (vigil.scheduling.scorelog); None: off
+    score_log: str | None = None
     server: ServerSettings = ServerSettings()
     follow: FollowSettings = FollowSettings()
     limits: LimitSettings = LimitSettings()

@@ -17,6 +17,13 @@ Every answer names the model version that produced it. Bad input gets a 4xx with
 for bodies over ``limits.max_request_bytes`` or images over ``limits.max_image_side``, 422 for
 non-image bytes, truncated files, unsupported channel counts and empty batches. With
 ``VIGIL_API_TOKEN`` set, scoring endpoints require ``Authorization: Bearer <token>``.
+
+Score log (opt-in, for the retrain drift trigger): with ``score_log: PATH`` in
+configs/serving.yaml or ``vigil serve --score-log PATH``, every scored image or frame appends one
+JSON line ``{"time", "model_name", "model_version", "score", "threshold", "is_anomaly"}`` (the
+format of ``vigil.scheduling.scorelog``, read by ``vigil.scheduling.drift``). Lines are appended
+whole, on the inference threads, safe under concurrent requests; a failing write is logged and
+never fails the request.
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vigil import __version__
+from vigil.scheduling.scorelog import ScoreLog
 from vigil.serving import ServingConfig
 from vigil.serving.follow import ModelHolder
-from vigil.serving.loader import FrameScore, Scorer, encode_png
+from vigil.serving.loader import FrameScore, ModelInfo, Scorer, encode_png
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +126,22 @@ class BodyLimit:
 
 
 def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> FastAPI:
-    """The service answering with ``holder.current``; ``config`` gives limits and threads."""
+    """The service answering with ``holder.current``; ``config`` gives limits, threads and the
+    optional score log (opened here, closed when the app shuts down)."""
     config = config or ServingConfig()
     torch.set_num_threads(config.server.torch_threads)
     executor = ThreadPoolExecutor(
         max_workers=config.server.max_concurrent_inference, thread_name_prefix="vigil-score"
     )
-    run = _runner(executor, config.limits.max_image_side)
+    score_log = ScoreLog(config.score_log) if config.score_log else None
+    run = _runner(executor, config.limits.max_image_side, score_log)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         executor.shutdown(wait=True)
+        if score_log is not None:
+            score_log.close()
 
     app = FastAPI(
         title="vigil scoring service",
@@ -139,6 +151,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
     )
     app.state.holder = holder
     app.state.config = config
+    app.state.score_log = score_log
     limits = config.limits
     auth = _auth_dependency(os.environ.get(TOKEN_ENV))
 
@@ -178,7 +191,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         started = time.perf_counter()
         scorer = holder.current
         data, name = await _one_image_body(request, limits.max_request_bytes)
-        result = (await run(scorer.score_images, [(data, name)], heatmap))[0]
+        result = (await run(scorer.score_images, [(data, name)], heatmap, scorer.info))[0]
         return _answer(scorer, result, started, heatmap)
 
     @app.post(
@@ -194,7 +207,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         started = time.perf_counter()
         scorer = holder.current
         data, name = await _one_image_body(request, limits.max_request_bytes)
-        result = (await run(scorer.score_images, [(data, name)], True))[0]
+        result = (await run(scorer.score_images, [(data, name)], True, scorer.info))[0]
         answer = _answer(scorer, result, started, False)
         headers = {f"X-Vigil-{k.replace('_', '-')}": str(v) for k, v in answer.items()}
         return Response(encode_png(result.heatmap), media_type="image/png", headers=headers)
@@ -205,7 +218,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         started = time.perf_counter()
         scorer = holder.current
         images = await _many_images(request, limits.max_batch, "batch")
-        results = await run(scorer.score_images, images, heatmap)
+        results = await run(scorer.score_images, images, heatmap, scorer.info)
         return _many_answer(scorer, results, started, heatmap)
 
     @app.post("/score/clip", tags=["scoring"], dependencies=[auth], openapi_extra=_FILES_BODY)
@@ -216,7 +229,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         images = await _many_images(request, limits.max_clip_frames, "clip")
         if scorer.is_video and len(images) < 2:
             raise InputError(422, "a clip for a video model needs at least 2 frames")
-        results = await run(scorer.score_clip, images, heatmap)
+        results = await run(scorer.score_clip, images, heatmap, scorer.info)
         return _many_answer(scorer, results, started, heatmap)
 
     return app
@@ -334,27 +347,44 @@ def _auth_dependency(token: str | None) -> Any:
 # --- answers -------------------------------------------------------------------------------------
 
 
-def _runner(executor: ThreadPoolExecutor, max_side: int) -> Callable:
-    """``await run(method, blobs, heatmap)``: decode and score on the inference threads.
+def _runner(executor: ThreadPoolExecutor, max_side: int, score_log: ScoreLog | None) -> Callable:
+    """``await run(method, blobs, heatmap, info)``: decode, score and log on the inference threads.
 
     The executor's queue is first in, first out, so under load requests are answered in arrival
-    order (bounded tail latency) and the event loop never decodes or computes.
+    order (bounded tail latency) and the event loop never decodes, computes or writes the log.
     """
 
-    def decode_and_score(method: Callable, blobs: list, heatmap: bool) -> list[FrameScore]:
+    def decode_and_score(
+        method: Callable, blobs: list, heatmap: bool, info: ModelInfo
+    ) -> list[FrameScore]:
         images = [_decode(data, name, max_side) for data, name in blobs]
         try:
-            return method(images, heatmap=heatmap)
+            results = method(images, heatmap=heatmap)
         except ValueError as error:  # model-side input errors (e.g. a video model, one image)
             raise InputError(422, str(error)) from None
+        if score_log is not None:
+            _log_scores(score_log, info, results)
+        return results
 
-    async def run(method: Callable, blobs: list, heatmap: bool) -> list[FrameScore]:
+    async def run(
+        method: Callable, blobs: list, heatmap: bool, info: ModelInfo
+    ) -> list[FrameScore]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            executor, functools.partial(decode_and_score, method, blobs, heatmap)
+            executor, functools.partial(decode_and_score, method, blobs, heatmap, info)
         )
 
     return run
+
+
+def _log_scores(score_log: ScoreLog, info: ModelInfo, results: list[FrameScore]) -> None:
+    """Append the scores to the log; a failed write is logged, the answer still goes out."""
+    try:
+        score_log.write(
+            info.name, info.version, [(r.score, r.is_anomaly) for r in results], info.threshold
+        )
+    except OSError as error:
+        log.warning("score log %s: write failed: %s", score_log.path, error)
 
 
 def _result(scorer: Scorer, result: FrameScore, heatmap: bool) -> dict[str, Any]:

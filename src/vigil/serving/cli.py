@@ -3,6 +3,10 @@
 ``vigil serve`` with neither ``--model-dir`` nor ``--model-uri`` serves
 ``models:/$VIGIL_MODEL_NAME@<follow.alias>`` from ``$MLFLOW_TRACKING_URI``: the Docker image's
 default command. A model that cannot be pulled or loaded is a start-up error (exit 1).
+
+``--score-log PATH`` (serve and watch; default: ``score_log`` in configs/serving.yaml, off when
+unset) appends one JSON line per scored image or frame for the retrain drift trigger: see
+``vigil.scheduling.scorelog``. A path that cannot be opened is a start-up error (exit 1).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
         "@<follow.alias>)",
     )
     parser.add_argument("--config", default="configs/serving.yaml", help="serving settings")
+    parser.add_argument(
+        "--score-log",
+        type=Path,
+        help="append one JSON line per scored image/frame to this file, for the retrain drift "
+        "trigger (default: score_log in the config; off when unset)",
+    )
 
 
 def _add_pull(subparsers: argparse._SubParsersAction) -> None:
@@ -99,6 +109,13 @@ def _model_source(args: argparse.Namespace, alias: str) -> str:
     return f"models:/{name}@{alias}"
 
 
+def _with_score_log(args: argparse.Namespace, config):
+    """The config with ``--score-log`` (when given) in place of its ``score_log``."""
+    if args.score_log is None:
+        return config
+    return config.model_copy(update={"score_log": str(args.score_log)})
+
+
 def _load(args: argparse.Namespace, config, command: str):
     """(scorer, source) or a printed start-up error and None."""
     from vigil.registry.tracking import TrackingError
@@ -129,11 +146,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from vigil.serving.follow import AliasFollower, ModelHolder
     from vigil.serving.pull import parse_model_uri
 
-    config = load_serving_config(args.config)
+    config = _with_score_log(args, load_serving_config(args.config))
     scorer, source = _load(args, config, "serve")
     if scorer is None:
         return 1
     holder = ModelHolder(scorer)
+    try:
+        app = create_app(holder, config)
+    except OSError as error:  # the score log cannot be opened
+        print(f"vigil serve: error: {error}", file=sys.stderr)
+        return 1
+    if config.score_log:
+        log.info("appending scores to %s", config.score_log)
     follower = None
     alias = scorer.info.alias or config.follow.alias
     if source.startswith("models:/"):
@@ -150,7 +174,6 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         follower.poll_once()  # sets readiness now; a newer version found here is swapped in
         follower.start()
-    app = create_app(holder, config)
     try:
         uvicorn.run(
             app,
@@ -168,7 +191,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from vigil.serving import load_serving_config
     from vigil.serving.watch import SourceError, watch
 
-    config = load_serving_config(args.config)
+    config = _with_score_log(args, load_serving_config(args.config))
     updates = {
         key: value
         for key, value in (
@@ -192,8 +215,9 @@ def run_watch(args: argparse.Namespace) -> int:
             output=args.output,
             webhook=args.webhook,
             max_frames=args.max_frames,
+            score_log=config.score_log,
         )
-    except SourceError as error:
+    except (SourceError, OSError) as error:
         print(f"vigil watch: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,12 @@ models score each frame on its own). An alert fires when the smoothed score stay
 model's threshold for ``alert_frames`` frames in a row: a log line plus a JSON event on stdout
 and, optionally, a POST to a webhook. An optional side-by-side video shows input | prediction |
 heat map over a strip with the score timeline and the threshold.
+
+Score log (opt-in, for the retrain drift trigger): ``vigil watch --score-log PATH`` (or
+``score_log: PATH`` in configs/serving.yaml) appends one JSON line per scored frame, with its
+smoothed score: ``{"time", "model_name", "model_version", "score", "threshold", "is_anomaly"}``
+(``vigil.scheduling.scorelog``, read by ``vigil.scheduling.drift``). Frames without a score yet
+(a video model's first frame) are not logged.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import cv2
 import numpy as np
 
 from vigil.data.video import DecodedFrame, FrameResampler, read_folder_fps, read_video
+from vigil.scheduling.scorelog import ScoreLog
 from vigil.serving import WatchSettings
 from vigil.serving.loader import FrameScore, FrameStream, Scorer
 
@@ -325,12 +332,14 @@ def watch(
     events: TextIO | None | str = "stdout",
     max_frames: int | None = None,
     on_frame: Callable[[int, FrameScore], None] | None = None,
+    score_log: Path | str | None = None,
 ) -> WatchSummary:
     """Score ``source`` frame by frame; returns counts, alerts, smoothed scores and rates.
 
     ``events``: where JSON events go: ``"stdout"`` (default, resolved at call time), a text
-    stream, or None. ``target_fps``: ``"model"`` resamples to the model's rate, a number to that rate, None keeps
-    every frame. ``max_frames`` stops after that many source frames (cameras never end).
+    stream, or None. ``target_fps``: ``"model"`` resamples to the model's rate, a number to that
+    rate, None keeps every frame. ``max_frames`` stops after that many source frames (cameras never end).
+    ``score_log``: append each scored frame's line to this JSONL file (see the module doc).
     """
     settings = settings or WatchSettings()
     if events == "stdout":
@@ -342,6 +351,8 @@ def watch(
     sink = EventSink(events, webhook, settings.webhook_timeout_s)
     summary = WatchSummary(source=source, model_version=scorer.info.version)
     writer = None
+    scores_out = ScoreLog(score_log) if score_log is not None else None
+    info = scorer.info
     started = time.perf_counter()
     try:
         for decoded in _read_ahead(open_source(source, source_fps), settings.read_queue):
@@ -355,6 +366,10 @@ def watch(
             summary.frames_scored += 1
             summary.scores.append(result.score)
             summary.frame_indices.append(decoded.index)
+            if scores_out is not None:
+                scores_out.write(
+                    info.name, info.version, [(result.score, result.is_anomaly)], info.threshold
+                )
             event = alerts.update(decoded.index, decoded.timestamp, result.score)
             if event is not None:
                 event.update(source=source, model_version=scorer.info.version)
@@ -377,6 +392,8 @@ def watch(
         summary.wall_s = time.perf_counter() - started
         if writer is not None:
             writer.close()
+        if scores_out is not None:
+            scores_out.close()
         sink.close()
     if events is not None:
         events.write(json.dumps(summary.as_dict()) + "\n")
