@@ -5,16 +5,19 @@
 
 Logs the MLflow pyfunc package into the training run (run id in <model-dir>/train.json),
 registers it as a new version of `<register.model_name_prefix>-<dataset>-<modality>` tagged with
-the gate verdict, metrics, git commit, data hash and package checksum, aliases it `challenger`,
-and moves `champion` only when the gate passes. Writes <reports>/decision.json atomically and
-prints the verdict. A rejected model is a result: exit 0. Exit 1 when the registry fails
-mid-way (the champion alias is untouched), 2 for bad input.
+the gate verdict, metrics, git commit, data hash, test-split hash and package checksum, aliases it
+`challenger`, and moves `champion` only when the gate passes. Writes <reports>/decision.json
+atomically and prints the verdict. A rejected model is a result: exit 0. Exit 1 with
+"registry failure, champion unchanged: <reason>" when the registry or its artifact store fails
+mid-way (any MLflow or connection error; the champion alias is moved last, so it is untouched),
+2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +61,23 @@ def example_images(data_dir: Path) -> list[bytes] | None:
     return frames_to_png(data.frames[rows[:1]]) if len(rows) else None
 
 
+def alignment_reference(data_dir: Path, align: str):
+    """The prepared frame every frame was aligned to (manifest ``reference_index``), uint8
+    (h, w, C), or None when prep does not align. The package ships it so serving aligns the same."""
+    if align == "none":
+        return None
+    from vigil.data.prepared import PreparedDataset
+
+    data = PreparedDataset.load(data_dir)
+    index = data.manifest.get("reference_index")
+    if index is None:
+        raise ValueError(
+            f"{data_dir / 'manifest.json'}: reference_index is null but prep.align is {align!r}: "
+            "rerun the prepare stage"
+        )
+    return data.frames[int(index)].copy()
+
+
 def lineage(run_id: str, dataset: str, modality: str, data_dir: Path) -> dict[str, str | None]:
     """git commit and data hash from the training run's tags (fallback: git, the manifest)."""
     import mlflow
@@ -77,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
     from vigil.config import EvaluateConfig, load_params
     from vigil.evaluation.evaluate import model_prep
     from vigil.registry.package import log_package
-    from vigil.registry.promotion import model_name, register_candidate, write_decision
+    from vigil.registry.promotion import (
+        model_name,
+        register_candidate,
+        registry_errors,
+        write_decision,
+    )
     from vigil.registry.tracking import connect
 
     params = load_params(args.params)
@@ -98,23 +123,24 @@ def run(args: argparse.Namespace) -> int:
         else params.evaluate
     )
     client = connect()
-    package = log_package(
-        model_dir,
-        prep=prep,
-        postprocess=postprocess,
-        dataset=args.dataset,
-        example_images=example_images(data_dir),
-        run_id=run_id,
+    examples = example_images(data_dir)
+    reference = alignment_reference(data_dir, prep.align)
+    with registry_errors(f"logging the model package to training run {run_id}"):
+        package = log_package(
+            model_dir,
+            prep=prep,
+            postprocess=postprocess,
+            dataset=args.dataset,
+            example_images=examples,
+            run_id=run_id,
+            reference=reference,
+        )
+        origin = lineage(run_id, args.dataset, spec.modality, data_dir)
+    origin["test_split_hash"] = metrics.get("test_split_hash") or calibration.get(
+        "test_split_hash"
     )
     name = model_name(params.register.model_name_prefix, args.dataset, spec.modality)
-    decision = register_candidate(
-        client,
-        name,
-        package,
-        metrics,
-        params.gate,
-        lineage(run_id, args.dataset, spec.modality, data_dir),
-    )
+    decision = register_candidate(client, name, package, metrics, params.gate, origin)
     write_decision(decision, reports / "decision.json")
     print(decision.summary())
     for reason in decision.reasons:
@@ -124,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The package is downloaded back to verify its checksum: a per-file progress bar of a few
+    # small files only buries the verdict in the stage log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from vigil.config import ConfigError
     from vigil.registry.package import PackageError
     from vigil.registry.promotion import PromotionError

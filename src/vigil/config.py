@@ -12,10 +12,18 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -27,6 +35,22 @@ class Strict(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _check_roi(value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """A region of interest (x, y, w, h): origin not negative, width and height positive."""
+    if value is None:
+        return None
+    x, y, w, h = value
+    if x < 0 or y < 0:
+        raise ValueError(f"roi origin (x={x}, y={y}) must not be negative")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"roi size (w={w}, h={h}) must be positive")
+    return value
+
+
+#: Optional region of interest ``(x, y, w, h)`` in pixels; the same rules wherever one is set.
+Roi = Annotated[tuple[int, int, int, int] | None, AfterValidator(_check_roi)]
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -95,7 +119,7 @@ class ImagePrep(Strict):
     channels: Literal[1, 3] = 3  # 1 = gray, 3 = RGB (converted from OpenCV's BGR)
     equalize: Literal["none", "hist", "clahe"] = "none"
     clahe_clip: float = Field(2.0, gt=0)
-    roi: tuple[int, int, int, int] | None = None  # x, y, w, h in source pixels, before resize
+    roi: Roi = None  # x, y, w, h in source pixels, before resize
     align: Literal["none", "ecc", "phase"] = "none"  # register each frame to a reference
     normalize: Literal["unit", "zscore"] = "unit"  # unit: [0, 1]; zscore: per-image standardize
 
@@ -180,14 +204,25 @@ class SweepConfig(Strict):
 
 
 class EvaluateConfig(Strict):
+    """Post-processing of error maps and scoring; defaults equal params.yaml (one truth), whose
+    comments give the reason for each value that departs from the seeds."""
+
     score: Literal["mean", "max", "topk_mean"] = "topk_mean"
-    topk_fraction: float = Field(0.02, gt=0, le=1)
-    median_blur: int = Field(7, ge=1)
+    topk_fraction: float = Field(0.005, gt=0, le=1)
+    median_blur: int = Field(3, ge=1)  # odd kernel size; the seeds use 7
     use_error_head: bool = False
     pixel_threshold_quantile: float = Field(0.99, gt=0, lt=1)  # of normal val pixel errors
     min_area: int = Field(10, ge=0)  # connected components smaller than this are dropped
-    smoothing_window: int = Field(5, ge=1)  # video: moving average over frame scores
+    roi: Roi = None  # x, y, w, h in error-map (model input) pixels, i.e. after prepare's resize
+    smoothing_window: int = Field(2, ge=1)  # video: moving average over frame scores
     n_report_examples: int = Field(6, ge=0)
+
+    @field_validator("median_blur")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"median blur kernel must be odd, got {value}")
+        return value
 
 
 class GateConfig(Strict):
@@ -216,6 +251,23 @@ class Params(Strict):
     gate: GateConfig = GateConfig()
     register: RegisterConfig = RegisterConfig()
 
+    @model_validator(mode="after")
+    def _evaluate_roi_fits(self) -> Params:
+        """``evaluate.roi`` is in error-map pixels: it must fit every prepared frame size used."""
+        roi = self.evaluate.roi
+        if roi is None:
+            return self
+        x, y, w, h = roi
+        modalities = {spec.modality for spec in self.data.datasets.values()}
+        for modality in sorted(modalities):
+            height, width = getattr(self.prepare, modality).size
+            if x + w > width or y + h > height:
+                raise ValueError(
+                    f"evaluate.roi {list(roi)} (x, y, w, h) does not fit inside the {width}x"
+                    f"{height} error maps of prepare.{modality}.size"
+                )
+        return self
+
     def dataset(self, name: str) -> DatasetSpec:
         try:
             return self.data.datasets[name]
@@ -230,6 +282,8 @@ def _format_validation_error(path: Path, error: ValidationError, what: str = "pa
         key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (typo?)")
+        elif not key:  # a check across sections names its keys in the message
+            lines.append(f"  {item['msg']}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

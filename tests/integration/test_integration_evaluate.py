@@ -124,7 +124,10 @@ def test_evaluate_cli_writes_metrics_plots_report_threshold_and_logs_to_the_run(
     threshold = json.loads((in_project / "models/caps/threshold.json").read_text())
     assert threshold["threshold"] == pytest.approx(metrics["threshold"])
     assert threshold["calibration"]["split"] == "tune"
-    assert threshold["pixel_threshold"] > 0 and threshold["postprocess"]["median_blur"] == 7
+    assert threshold["pixel_threshold"] > 0 and threshold["postprocess"]["median_blur"] == 3
+    # the test split the metrics were measured on travels with them (the gate's comparison key)
+    assert len(metrics["test_split_hash"]) == 64
+    assert threshold["test_split_hash"] == metrics["test_split_hash"]
     from vigil.registry.package import read_threshold
 
     assert read_threshold(in_project / "models/caps/threshold.json")[0] == threshold["threshold"]
@@ -132,6 +135,7 @@ def test_evaluate_cli_writes_metrics_plots_report_threshold_and_logs_to_the_run(
     client, run = training_run(in_project, "caps")
     assert run.data.metrics["test_image_auroc"] == pytest.approx(metrics["image_auroc"])
     assert run.data.tags["vigil.report"] == "evaluation/report.html"
+    assert run.data.tags["vigil.test_split_hash"] == metrics["test_split_hash"]
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/report.html", "evaluation/threshold.json",
             "evaluation/pr_curve.png"} <= logged

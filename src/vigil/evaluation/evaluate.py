@@ -2,7 +2,9 @@
 
 Outputs (all written atomically):
 
-- ``<out>/metrics.json``: flat numbers for ``dvc metrics show`` (keys in ``EvaluationResult``).
+- ``<out>/metrics.json``: flat numbers for ``dvc metrics show`` (keys in ``EvaluationResult``)
+  plus ``test_split_hash``, the hash of the test split they were measured on (the gate compares
+  a candidate with the champion only on the same test split).
 - ``<out>/plots/pr.csv``, ``roc.csv``, ``scores.csv`` and, for video, ``timeline.csv``: plot
   data for ``dvc plots show/diff``.
 - ``<out>/evaluation/report.html`` (self-contained) + its PNGs + ``per_defect.csv``.
@@ -17,6 +19,7 @@ named in ``<model_dir>/train.json`` (``run_id``), when that file exists.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -42,6 +45,8 @@ PLOTS_DIR = "plots"
 REPORT_DIR = "evaluation"
 REPORT_FILE = "report.html"
 MLFLOW_ARTIFACT_DIR = "evaluation"
+TEST_SPLIT_HASH = "test_split_hash"  # key in metrics.json / threshold.json, gate input
+TEST_SPLIT_TAG = "vigil.test_split_hash"  # the same on the training run
 
 
 class EvaluationError(ValueError):
@@ -74,6 +79,7 @@ class SplitScores:
 @dataclass(frozen=True)
 class EvaluationResult:
     metrics: dict[str, float]  # flat, also in metrics.json
+    test_split_hash: str
     calibration: M.Calibration
     pixel_threshold: float
     threshold_path: Path
@@ -165,6 +171,19 @@ def score_split(
 
 
 # --- metrics ---------------------------------------------------------------------------------
+
+
+def hash_test_split(data: PreparedDataset) -> str:
+    """sha256 over the test items' content hashes and labels, in row order.
+
+    Unlike ``data.content_hash`` (every prepared item and the params), it changes only when the
+    test split itself does, so new normal training data keeps champion comparisons possible.
+    """
+    digest = hashlib.sha256()
+    for row in data.indices("test"):
+        item = data.items[int(row)]
+        digest.update(f"{item.sha256}\0{item.label}\n".encode())
+    return digest.hexdigest()
 
 
 def calibrate(tune: SplitScores, val: SplitScores, precision: float) -> M.Calibration:
@@ -336,6 +355,7 @@ def threshold_record(
         "target_precision": params.gate.precision,
         "calibration": calibration.to_dict(),
         "data_hash": data.content_hash,
+        TEST_SPLIT_HASH: hash_test_split(data),
     }
 
 
@@ -349,8 +369,11 @@ def read_train_run(model_dir: Path) -> str | None:
         raise EvaluationError(f"{path}: not valid JSON: {error}") from None
 
 
-def log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path]) -> None:
-    """``test_``-prefixed metrics, the report, figures and threshold on the training run."""
+def log_to_mlflow(
+    run_id: str, metrics: dict[str, float], files: list[Path], split_hash: str
+) -> None:
+    """``test_``-prefixed metrics, the report, figures, threshold and test-split hash on the
+    training run."""
     import time
 
     from mlflow.entities import Metric
@@ -365,6 +388,7 @@ def log_to_mlflow(run_id: str, metrics: dict[str, float], files: list[Path]) -> 
     for path in files:
         client.log_artifact(run_id, str(path), MLFLOW_ARTIFACT_DIR)
     client.set_tag(run_id, "vigil.report", f"{MLFLOW_ARTIFACT_DIR}/{REPORT_FILE}")
+    client.set_tag(run_id, TEST_SPLIT_TAG, split_hash)
 
 
 # --- the stage -------------------------------------------------------------------------------
@@ -409,9 +433,12 @@ def evaluate(
     per_defect = M.per_defect_table(
         [d for d, k in zip(test.defects, ok) if k], test.scores[ok], calibration.threshold
     )
-    gate = evaluate_gate({**flat, "data_hash": data.content_hash}, None, params.gate)
+    split_hash = hash_test_split(data)
+    gate = evaluate_gate(
+        {**flat, "data_hash": data.content_hash, TEST_SPLIT_HASH: split_hash}, None, params.gate
+    )
 
-    metrics_path = write_json(out_dir / METRICS_FILE, flat)
+    metrics_path = write_json(out_dir / METRICS_FILE, {**flat, TEST_SPLIT_HASH: split_hash})
     write_plot_data(out_dir, test, calibration.threshold)
     report_dir = out_dir / REPORT_DIR
     figures = draw_figures(data, test, metrics, calibration, pixel_thr, cfg, report_dir)
@@ -426,6 +453,7 @@ def evaluate(
         "modality": data.modality,
         "model": str(model_dir),
         "data hash": data.content_hash,
+        "test-split hash": split_hash,
         "training run": run_id or "none (no train.json)",
         "items scored (val / tune / test)": f"{val.scored.sum()} / {tune.scored.sum()} / "
                                             f"{test.scored.sum()}",
@@ -445,9 +473,10 @@ def evaluate(
     if run_id and log_mlflow:
         files = [report_path, threshold_path, metrics_path, report_dir / "per_defect.csv",
                  *figures.values()]
-        log_to_mlflow(run_id, flat, files)
+        log_to_mlflow(run_id, flat, files, split_hash)
     return EvaluationResult(
-        metrics=flat, calibration=calibration, pixel_threshold=pixel_thr,
+        metrics=flat, test_split_hash=split_hash, calibration=calibration,
+        pixel_threshold=pixel_thr,
         threshold_path=threshold_path, metrics_path=metrics_path, report_path=report_path,
         run_id=run_id, gate_preview=gate.to_dict(),
     )

@@ -5,12 +5,19 @@ A candidate passes when, on the test split at its calibrated threshold (``thresh
 1. its threshold was calibrated on labelled anomalies (``gate_can_pass`` true; a threshold taken
    from a quantile of normal scores has unmeasured precision and can never pass);
 2. ``precision_at_threshold >= gate.precision`` and ``recall_at_threshold >= gate.min_recall``;
-3. when a champion's metrics exist and were measured on the same test data (same ``data_hash``),
-   the candidate is not worse than the champion by more than ``gate.champion_tolerance`` on the
-   primary metric ``recall_at_precision`` (best recall at the target precision on test: a
-   threshold-free measure of the model, unaffected by calibration noise) nor on AUROC
-   (``image_auroc`` for images, ``frame_auroc`` for video). A champion measured on other data
-   is not comparable: the comparison is skipped and the reasons say so.
+3. when a champion's metrics exist and were measured on the same test split (same
+   ``test_split_hash``: the test items' content hashes and labels, in order), the candidate is
+   not worse than the champion by more than ``gate.champion_tolerance`` on the primary metric
+   ``recall_at_precision`` (best recall at the target precision on test: a threshold-free
+   measure of the model, unaffected by calibration noise) nor on AUROC (``image_auroc`` for
+   images, ``frame_auroc`` for video).
+
+The comparison keys on the test split only, not on ``data_hash`` (which covers every prepared
+item): retraining adds normal training data and changes ``data_hash`` every cycle, while the
+test split, and so the comparison, stays valid. A champion registered before test-split hashes
+existed is compared when its ``data_hash`` equals the candidate's (the same data holds the same
+test split). When the test splits differ, or a side lacks both hashes, the comparison cannot be
+made: the gate decides on rules 1-2 alone and the reasons say so plainly.
 
 Defaults (params.yaml ``gate``): precision 0.9 comes from the seeds. ``min_recall`` = 0.8: at
 90 % precision, one alarm in ten is false, which line operators tolerate; missing more than one
@@ -34,6 +41,8 @@ from vigil.config import GateConfig
 
 PRIMARY_METRIC = "recall_at_precision"
 AUROC_KEYS = ("image_auroc", "frame_auroc")
+TEST_SPLIT_KEY = "test_split_hash"  # hash of the test split the metrics were measured on
+DATA_HASH_KEY = "data_hash"  # hash of all prepared data (legacy champions: fallback only)
 
 
 @dataclass(frozen=True)
@@ -78,16 +87,38 @@ def _auroc_key(metrics: dict[str, Any]) -> str | None:
     return next((k for k in AUROC_KEYS if _number(metrics, k) is not None), None)
 
 
+def _short(value: Any) -> str:
+    return str(value)[:12]
+
+
+def incomparable_reason(candidate: dict[str, Any], champion: dict[str, Any]) -> str | None:
+    """None when both were measured on the same test split, else why they cannot be compared."""
+    cand_test, champ_test = candidate.get(TEST_SPLIT_KEY), champion.get(TEST_SPLIT_KEY)
+    if cand_test and champ_test:
+        if cand_test == champ_test:
+            return None
+        return (
+            f"champion was measured on a different test split (test-split hash "
+            f"{_short(champ_test)} vs the candidate's {_short(cand_test)}): the comparison with "
+            "the champion cannot be made; the gate decided on precision and recall alone"
+        )
+    cand_data, champ_data = candidate.get(DATA_HASH_KEY), champion.get(DATA_HASH_KEY)
+    if cand_data and champ_data and cand_data == champ_data:
+        return None  # same prepared data, so the same test split
+    missing = "champion" if not champ_test else "candidate"
+    return (
+        f"the {missing} has no test-split hash ({TEST_SPLIT_KEY}) and the data hashes do not "
+        "show the same test data: the comparison with the champion cannot be made; the gate "
+        "decided on precision and recall alone"
+    )
+
+
 def _champion_checks(
     candidate: dict[str, Any], champion: dict[str, Any], tolerance: float
 ) -> tuple[bool, list[str], dict[str, float], dict[str, float]]:
     """(ok, reasons, champion numbers, candidate numbers) of the not-worse-than-champion rule."""
-    cand_hash, champ_hash = candidate.get("data_hash"), champion.get("data_hash")
-    if cand_hash and champ_hash and cand_hash != champ_hash:
-        reason = (
-            f"champion was measured on other test data (data hash {champ_hash} vs "
-            f"{cand_hash}); not compared"
-        )
+    reason = incomparable_reason(candidate, champion)
+    if reason is not None:
         return True, [reason], {}, {}
     ok, reasons, champ_vals, cand_vals = True, [], {}, {}
     keys = [PRIMARY_METRIC]
@@ -125,8 +156,8 @@ def evaluate_gate(
 
     Reads from ``candidate``: ``precision_at_threshold``, ``recall_at_threshold``,
     ``gate_can_pass`` (absent counts as true), ``recall_at_precision``, ``image_auroc`` or
-    ``frame_auroc``, ``data_hash``; from ``champion`` (None or empty: no champion yet) the same
-    comparison keys.
+    ``frame_auroc``, ``test_split_hash`` (and ``data_hash``); from ``champion`` (None or empty:
+    no champion yet) the same comparison keys.
     """
     reasons: list[str] = []
     passed = True

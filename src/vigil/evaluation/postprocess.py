@@ -125,7 +125,7 @@ def smooth_map(
     if cfg.use_error_head and predicted_error is not None:
         maps = mask_predicted_error(maps, predicted_error)
     maps = median_blur(maps, cfg.median_blur)
-    return apply_roi(maps, roi if roi is not None else getattr(cfg, "roi", None))
+    return apply_roi(maps, roi if roi is not None else cfg.roi)
 
 
 def image_score(maps: np.ndarray, cfg: EvaluateConfig) -> np.ndarray | float:

@@ -11,6 +11,7 @@ Serving cannot drift from evaluation because the package carries everything eval
     model.json                   network spec (vigil.models.model_spec), read by load_trained
     weights.safetensors          network weights (safetensors: no pickle)
     threshold.json               the evaluate stage's calibration, verbatim
+    reference.png                the prepared alignment reference frame (only when prep aligns)
     package.json                 prep, post-processing config, threshold, pixel threshold, hashes
 ```
 
@@ -33,6 +34,11 @@ Design decisions:
 - **Video models** score the rows of one request as one clip, in order, state carried from frame
   to frame and the score smoothed by ``vigil.evaluation.scoring.score_video``; each request
   starts from a fresh state.
+- **Alignment reference:** when ``prep.align`` is not ``none``, the prepare stage registered every
+  frame to one reference frame (``manifest.json`` ``reference_index``). The package carries that
+  frame as ``reference.png`` (lossless) and the pyfunc and ``vigil.serving.loader`` align every
+  input to it, exactly as the evaluated data was aligned. Without it each request would be
+  aligned to its own first frame, and a still image would not be aligned at all.
 - **Checksum:** ``package_checksum`` hashes every file of the package (relative path + sha256),
   except ``__pycache__`` folders and ``*.pyc`` files that Python writes when the bundled code is
   imported, and MLflow's top-level ``registered_model_meta`` (rewritten at every registration).
@@ -64,6 +70,7 @@ SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 THRESHOLD_FILE = "threshold.json"
 PACKAGE_FILE = "package.json"
+REFERENCE_FILE = "reference.png"
 CHECKSUM_TAG = "vigil.package_sha256"
 INPUT_COLUMN = "image"
 HEATMAP_PARAM = "return_heatmap"
@@ -165,7 +172,7 @@ def read_package_metadata(package_dir: Path | str) -> dict[str, Any]:
     """``package.json`` plus ``spec`` (model.json) of a package (root or artifacts folder).
 
     Keys: format, dataset, modality, spec, prep, postprocess, threshold, pixel_threshold,
-    calibration (threshold.json verbatim), weights_sha256.
+    calibration (threshold.json verbatim), weights_sha256, reference (file name or None).
     """
     root = find_artifacts(package_dir)
     meta = _read_json(root / PACKAGE_FILE)
@@ -190,7 +197,46 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+def read_reference(package_dir: Path | str, prep: ImagePrep) -> np.ndarray | None:
+    """The alignment reference frame of a package: uint8 (h, w, C) as prepared (RGB or gray),
+    or None when the package has none (``prep.align`` is ``none``, or an older package)."""
+    import cv2
+
+    root = find_artifacts(package_dir)
+    meta = _read_json(root / PACKAGE_FILE)
+    name = meta.get("reference")
+    if not name:
+        return None
+    path = root / name
+    if not path.is_file():
+        raise PackageError(f"{path}: missing (package.json names it as the alignment reference)")
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise PackageError(f"{path}: not a decodable PNG")
+    frame = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image[:, :, None]
+    expected = (*prep.size, prep.channels)
+    if frame.shape != expected:
+        raise PackageError(
+            f"{path}: reference frame of shape {frame.shape}, but prep expects {expected} "
+            "(size, channels)"
+        )
+    return np.ascontiguousarray(frame)
+
+
 # --- building a package ---------------------------------------------------------------------
+
+
+def write_reference(dest: Path, reference: np.ndarray, prep: ImagePrep) -> str:
+    """Write the prepared reference frame uint8 (h, w, C) into ``dest`` as lossless PNG."""
+    frame = np.asarray(reference)
+    expected = (*prep.size, prep.channels)
+    if frame.dtype != np.uint8 or frame.shape != expected:
+        raise PackageError(
+            f"alignment reference: expected a prepared uint8 frame of shape {expected}, got "
+            f"{frame.dtype} {frame.shape}"
+        )
+    (dest / REFERENCE_FILE).write_bytes(frames_to_png(frame[None])[0])
+    return REFERENCE_FILE
 
 
 def read_threshold(path: Path | str) -> tuple[float, float | None, dict[str, Any]]:
@@ -224,11 +270,14 @@ def stage_artifacts(
     postprocess: EvaluateConfig,
     threshold_file: Path | str | None = None,
     dataset: str | None = None,
+    reference: np.ndarray | None = None,
 ) -> Path:
     """Copy weights, spec and threshold into ``dest`` and write ``package.json`` beside them.
 
     ``model_dir`` is the train stage's output (``weights.safetensors`` + ``model.json``);
-    ``threshold_file`` defaults to ``<model_dir>/threshold.json`` (the evaluate stage's).
+    ``threshold_file`` defaults to ``<model_dir>/threshold.json`` (the evaluate stage's);
+    ``reference``: the prepared alignment reference frame uint8 (h, w, C), required when
+    ``prep.align`` is not ``none`` (ignored otherwise).
     """
     model_dir, dest = Path(model_dir), Path(dest)
     for name in (SPEC_FILE, WEIGHTS_FILE):
@@ -241,6 +290,15 @@ def stage_artifacts(
     shutil.copyfile(model_dir / SPEC_FILE, dest / SPEC_FILE)
     shutil.copyfile(model_dir / WEIGHTS_FILE, dest / WEIGHTS_FILE)
     shutil.copyfile(threshold_file, dest / THRESHOLD_FILE)
+    reference_name = None
+    if prep.align != "none":
+        if reference is None:
+            raise PackageError(
+                f"prep.align is {prep.align!r} but no alignment reference frame was given: "
+                "serving could not align inputs as the prepared data was aligned (pass the "
+                "prepared dataset's reference frame, manifest.json reference_index)"
+            )
+        reference_name = write_reference(dest, reference, prep)
     meta = {
         "format": PACKAGE_FORMAT,
         "dataset": dataset,
@@ -251,6 +309,7 @@ def stage_artifacts(
         "pixel_threshold": pixel_threshold,
         "calibration": calibration,
         "weights_sha256": file_sha256(dest / WEIGHTS_FILE),
+        "reference": reference_name,
     }
     (dest / PACKAGE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return dest
@@ -351,13 +410,15 @@ def save_package(
     threshold_file: Path | str | None = None,
     dataset: str | None = None,
     example_images: Sequence[bytes] | None = None,
+    reference: np.ndarray | None = None,
 ) -> Path:
     """Write the pyfunc package to a local folder ``path`` (must not exist). Returns ``path``."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="vigil-package-") as tmp:
         kwargs = _model_kwargs(
-            Path(tmp), model_dir, prep, postprocess, threshold_file, dataset, example_images
+            Path(tmp), model_dir, prep, postprocess, threshold_file, dataset, example_images,
+            reference,
         )
         mlflow.pyfunc.save_model(path=str(path), **kwargs)
     return Path(path)
@@ -373,6 +434,7 @@ def log_package(
     example_images: Sequence[bytes] | None = None,
     run_id: str | None = None,
     name: str = "model",
+    reference: np.ndarray | None = None,
 ) -> LoggedPackage:
     """Log the package to MLflow (into ``run_id`` when given, else the active run or none).
 
@@ -383,7 +445,8 @@ def log_package(
 
     with tempfile.TemporaryDirectory(prefix="vigil-package-") as tmp:
         kwargs = _model_kwargs(
-            Path(tmp), model_dir, prep, postprocess, threshold_file, dataset, example_images
+            Path(tmp), model_dir, prep, postprocess, threshold_file, dataset, example_images,
+            reference,
         )
         if run_id is not None and (
             mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id
@@ -421,6 +484,7 @@ def _model_kwargs(
     threshold_file: Path | str | None,
     dataset: str | None,
     example_images: Sequence[bytes] | None,
+    reference: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Arguments shared by save_model and log_model; stages files under ``tmp``."""
     artifacts = stage_artifacts(
@@ -430,6 +494,7 @@ def _model_kwargs(
         postprocess=postprocess,
         threshold_file=threshold_file,
         dataset=dataset,
+        reference=reference,
     )
     code = stage_code(tmp / "code")
     examples = list(example_images or default_example(prep))[:1]

@@ -1,14 +1,16 @@
 """Registration and gated promotion with registry aliases (never stages).
 
 Every candidate becomes a new version of ``<prefix>-<dataset>-<modality>``, created with its tags
-in one call (gate verdict and reasons, ``vigil.metric.*``, git commit, data hash, package sha256),
-and gets the ``challenger`` alias. Only a gate pass moves ``champion``; ``force_promote`` moves it
-on a person's say-so and records who and why.
+in one call (gate verdict and reasons, ``vigil.metric.*``, git commit, data hash, test-split hash,
+package sha256), and gets the ``challenger`` alias. Only a gate pass moves ``champion``;
+``force_promote`` moves it on a person's say-so and records who and why.
 
 The champion alias never points at a half-registered version: the alias is the last registry
 write, made only after the version is READY and its downloaded files match the checksum
 recorded at logging. Any failure before it (registry unreachable, tampered files, the champion
-moved by someone else meanwhile) raises ``PromotionError`` and leaves the alias where it was.
+moved by someone else meanwhile) raises ``PromotionError`` and leaves the alias where it was:
+raw MLflow and connection errors are wrapped by ``registry_errors`` into ``PromotionError`` naming
+the step, so callers handle one exception type.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,10 +42,40 @@ TAG_FORCED_BY = "vigil.forced_by"
 TAG_FORCE_REASON = "vigil.force_reason"
 TAG_FORCED_AT = "vigil.forced_at"
 _MAX_TAG_VALUE = 5000
+#: Lineage keys the gate reads back from a champion's ``vigil.<key>`` tags.
+LINEAGE_HASHES = ("data_hash", "test_split_hash")
 
 
 class PromotionError(RuntimeError):
     """Registration or promotion could not complete; the champion alias was not moved."""
+
+
+def _registry_failures() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the registry or its artifact store failed, not bad input."""
+    from mlflow.exceptions import MlflowException
+
+    failures: list[type[BaseException]] = [MlflowException, ConnectionError, TimeoutError]
+    try:
+        from requests.exceptions import RequestException
+
+        failures.append(RequestException)
+    except ImportError:  # pragma: no cover - requests comes with mlflow
+        pass
+    return tuple(failures)
+
+
+@contextmanager
+def registry_errors(step: str) -> Iterator[None]:
+    """Turn a raw MLflow, HTTP or connection error inside the block into ``PromotionError``
+    naming ``step`` (e.g. "registering version of vigil-capsules-image")."""
+    try:
+        yield
+    except PromotionError:
+        raise
+    except _registry_failures() as error:
+        text = str(error).strip()
+        detail = text.splitlines()[0] if text else "no message"
+        raise PromotionError(f"{step}: {type(error).__name__}: {detail}") from error
 
 
 @dataclass(frozen=True)
@@ -101,7 +135,8 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
 
 
 def metrics_from_tags(tags: dict[str, str]) -> dict[str, Any]:
-    """``vigil.metric.<key>`` tags -> ``{key: float}`` plus ``data_hash`` (the gate's input)."""
+    """``vigil.metric.<key>`` tags -> ``{key: float}`` plus ``data_hash`` and
+    ``test_split_hash`` (the gate's input)."""
     metrics: dict[str, Any] = {}
     for key, value in tags.items():
         if key.startswith(METRIC_TAG_PREFIX):
@@ -109,8 +144,9 @@ def metrics_from_tags(tags: dict[str, str]) -> dict[str, Any]:
                 metrics[key[len(METRIC_TAG_PREFIX) :]] = float(value)
             except ValueError:
                 continue
-    if tags.get("vigil.data_hash"):
-        metrics["data_hash"] = tags["vigil.data_hash"]
+    for key in LINEAGE_HASHES:
+        if tags.get(f"vigil.{key}"):
+            metrics[key] = tags[f"vigil.{key}"]
     return metrics
 
 
@@ -217,25 +253,32 @@ def register_candidate(
 
     lineage = dict(lineage or {})
     candidate = dict(metrics)
-    if lineage.get("data_hash"):
-        candidate.setdefault("data_hash", lineage["data_hash"])
-    ensure_registered_model(client, name)
-    before = alias_version(client, name, CHAMPION)
+    for key in LINEAGE_HASHES:
+        if lineage.get(key):
+            candidate.setdefault(key, lineage[key])
+        elif candidate.get(key):
+            lineage[key] = str(candidate[key])  # e.g. test_split_hash from metrics.json
+    with registry_errors(f"reading the champion of {name}"):
+        ensure_registered_model(client, name)
+        before = alias_version(client, name, CHAMPION)
     champion = metrics_from_tags(before.tags or {}) if before is not None else None
     gate = evaluate_gate(candidate, champion, gate_cfg)
-    created = client.create_model_version(
-        name,
-        source=package.model_uri,
-        run_id=package.run_id,
-        tags=candidate_tags(metrics, gate, package, lineage),
-        model_id=package.model_id,
-    )
+    with registry_errors(f"registering a new version of {name}"):
+        created = client.create_model_version(
+            name,
+            source=package.model_uri,
+            run_id=package.run_id,
+            tags=candidate_tags(metrics, gate, package, lineage),
+            model_id=package.model_id,
+        )
     version = str(created.version)
-    verify_version(client, name, version, package.checksum)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    with registry_errors(f"verifying and aliasing {name} version {version}"):
+        verify_version(client, name, version, package.checksum)
+        client.set_registered_model_alias(name, CHALLENGER, version)
     promoted = False
-    if gate.passed:
-        _promote(client, name, version, before)
+    if gate.passed:  # the champion alias is the last registry write
+        with registry_errors(f"moving {CHAMPION} of {name} to version {version}"):
+            _promote(client, name, version, before)
         promoted = True
     return Decision(
         model_name=name,
@@ -288,14 +331,15 @@ def force_promote(
         raise ValueError("a forced promotion needs a person (--who or $USER)")
     client = client or connect()
     version = str(version)
-    before = alias_version(client, name, CHAMPION)
-    found = wait_until_ready(client, name, version)
-    checksum = verify_version(client, name, version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    client.set_model_version_tag(name, version, TAG_FORCED_BY, who)
-    client.set_model_version_tag(name, version, TAG_FORCE_REASON, why[:_MAX_TAG_VALUE])
-    client.set_model_version_tag(name, version, TAG_FORCED_AT, stamp)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    with registry_errors(f"force-promoting {name} version {version}"):
+        before = alias_version(client, name, CHAMPION)
+        found = wait_until_ready(client, name, version)
+        checksum = verify_version(client, name, version)
+        client.set_model_version_tag(name, version, TAG_FORCED_BY, who)
+        client.set_model_version_tag(name, version, TAG_FORCE_REASON, why[:_MAX_TAG_VALUE])
+        client.set_model_version_tag(name, version, TAG_FORCED_AT, stamp)
+        client.set_registered_model_alias(name, CHAMPION, version)
     tags = found.tags or {}
     decision = Decision(
         model_name=name,

@@ -5,7 +5,8 @@ MLflow executes this file by path when it loads a package (``mlflow.pyfunc.load_
 ``vigil.registry.pyfunc_model`` (the library, tests) nothing runs.
 
 The model decodes each input with ``vigil.data.preprocess.decode_image``, preprocesses it with
-``preprocess_frame`` (the prepare stage's code) and scores it with
+``preprocess_frame`` (the prepare stage's code, aligned to the package's ``reference.png`` when
+the prep aligns frames, as the prepared data was) and scores it with
 ``vigil.evaluation.scoring.score_frames`` (images) or ``score_video`` (video: the rows of one
 request are one clip in time order), the evaluate stage's code, with the settings and threshold
 stored in ``artifacts/model/package.json``. See ``vigil.registry.package`` for the layout.
@@ -36,7 +37,7 @@ class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
 
         from vigil.config import EvaluateConfig, ImagePrep, VideoPrep
         from vigil.models import load_trained
-        from vigil.registry.package import read_package_metadata
+        from vigil.registry.package import read_package_metadata, read_reference
 
         meta = read_package_metadata(artifacts_dir)
         self.meta = meta
@@ -46,6 +47,8 @@ class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
         self.postprocess = EvaluateConfig.model_validate(meta["postprocess"])
         self.threshold = float(meta["threshold"])
         self.pixel_threshold = meta.get("pixel_threshold")
+        # uint8 (h, w, C) prepared reference frame, or None when the prep does not align
+        self.reference = read_reference(artifacts_dir, self.prep)
         self.network, _ = load_trained(Path(artifacts_dir))
         self.network.eval()
         self._torch = torch
@@ -72,7 +75,9 @@ class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
 
         if len(images) == 0:
             raise ValueError("empty batch: send at least one image")
-        frames = np.stack([preprocess_frame(np.asarray(image), self.prep) for image in images])
+        frames = np.stack(
+            [preprocess_frame(np.asarray(image), self.prep, self.reference) for image in images]
+        )
         scores, maps = self.score_frames(frames)
         table = pd.DataFrame(
             {

@@ -4,18 +4,28 @@ The URI comes from MLFLOW_TRACKING_URI; without it, an absolute SQLite store in 
 with artifacts in ``mlartifacts/`` beside it (see ``vigil.config.tracking_uri``). A server URL
 works unchanged. An unreachable server fails fast with the URL in the message instead of
 retrying for minutes.
+
+Experiments are created with an absolute artifact location whenever the store is not a server
+(``experiment_artifact_location``): MLflow's default for a database store is a relative
+``./mlruns`` resolved against the working directory, which under ``dvc exp run --temp/--queue``
+is ``.dvc/tmp/exps/<random>/`` and is deleted with it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from vigil.config import artifact_root, tracking_uri
+from vigil.config import artifact_root, project_root, tracking_uri
+
+#: URI schemes of tracking servers, which choose artifact locations themselves.
+SERVER_SCHEMES = ("http://", "https://", "databricks")
+ARTIFACT_DIR = "mlartifacts"
 
 
 class TrackingError(RuntimeError):
@@ -39,15 +49,37 @@ def connect(uri: str | None = None) -> MlflowClient:
     return client
 
 
+def experiment_artifact_location(uri: str) -> str | None:
+    """Absolute artifact location (a ``file://`` URI) for new experiments of store ``uri``.
+
+    - server (``http(s)://``, ``databricks``): None, the server decides;
+    - ``sqlite:///<path>``: ``mlartifacts/`` beside the database file (a relative path is taken
+      from the project root, seen through DVC's temporary experiment folders);
+    - any other database or store (``postgresql://``, ``mysql://``, ``file:``...): the project
+      root's ``mlartifacts/`` (``vigil.config.artifact_root``).
+    """
+    if uri.startswith(SERVER_SCHEMES):
+        return None
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        db = uri[len(prefix) :].split("?", 1)[0]
+        if db and db != ":memory:":
+            path = Path(db)
+            if not path.is_absolute():
+                path = project_root() / path
+            return (path.resolve().parent / ARTIFACT_DIR).as_uri()
+    return artifact_root()
+
+
 def ensure_experiment(name: str, uri: str | None = None) -> str:
-    """The id of experiment ``name``, created with an absolute artifact root when embedded."""
+    """The id of experiment ``name``; created with an absolute artifact location unless the
+    store is a server (see ``experiment_artifact_location``)."""
+    uri = uri or tracking_uri()
     client = connect(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    embedded = not os.environ.get("MLFLOW_TRACKING_URI") and uri is None
-    location = artifact_root() if embedded else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=experiment_artifact_location(uri))
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -45,6 +45,8 @@ class PackageFiles:
     pixel_threshold: float | None
     modality: str
     fps: float | None
+    # uint8 (h, w, C) prepared alignment reference shipped in the package; None: no alignment
+    reference: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def read_package(package_dir: Path | str) -> PackageFiles:
         prep = prep_cls.model_validate(meta["prep"])
         postprocess = EvaluateConfig.model_validate(meta["postprocess"])
         threshold = float(meta["threshold"])
+        reference = registry_package.read_reference(root, prep)
     except (OSError, ValueError, KeyError, TypeError) as error:  # ValidationError is a ValueError
         raise ModelLoadError(f"{package_dir}: unusable package metadata: {error}") from error
     return PackageFiles(
@@ -109,6 +112,7 @@ def read_package(package_dir: Path | str) -> PackageFiles:
         pixel_threshold=meta.get("pixel_threshold"),
         modality=modality,
         fps=getattr(prep, "fps", None),
+        reference=reference,
     )
 
 
@@ -139,10 +143,13 @@ class Scorer:
     def preprocess(self, image: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
         """Decoded image (H, W[, C]) as OpenCV reads it -> uint8 (h, w, C) model input.
 
-        ``reference``: a preprocessed frame to align to when the package's prep aligns frames.
+        ``reference``: a preprocessed frame to align to when the package's prep aligns frames;
+        default: the package's reference frame (the one the evaluated data was aligned to).
         """
         from vigil.data.preprocess import preprocess_frame
 
+        if reference is None:
+            reference = self.files.reference
         return preprocess_frame(image, self.files.prep, reference)
 
     def reconstruct(self, frame: np.ndarray) -> np.ndarray:
@@ -196,9 +203,12 @@ class Scorer:
         ]
 
     def preprocess_clip(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Decoded frames -> uint8 (T, h, w, C); aligned to the first frame when prep aligns."""
+        """Decoded frames -> uint8 (T, h, w, C), aligned when prep aligns: to the package's
+        reference frame, or (older packages without one) to the clip's first frame."""
         first = self.preprocess(images[0])
-        reference = first if self.files.prep.align != "none" else None
+        reference = self.files.reference
+        if reference is None and self.files.prep.align != "none":
+            reference = first
         return np.stack([first, *(self.preprocess(image, reference) for image in images[1:])])
 
     def stream(self, smoothing_window: int | None = None) -> FrameStream:
@@ -243,7 +253,7 @@ class FrameStream:
         self._state: Any = None
         self._prediction: torch.Tensor | None = None
         self._predicted_error: torch.Tensor | None = None
-        self._reference: np.ndarray | None = None
+        self._reference: np.ndarray | None = scorer.files.reference
         self.last_frame: np.ndarray | None = None  # uint8 (h, w, C) preprocessed input
         self.last_prediction: np.ndarray | None = None  # uint8 (h, w, C) what was predicted
         self.last_raw: float = math.nan  # unsmoothed score of the last frame
@@ -251,7 +261,7 @@ class FrameStream:
     def push(self, image: np.ndarray, *, heatmap: bool = False) -> FrameScore:
         frame = self.scorer.preprocess(image, self._reference)
         if self._reference is None and self.scorer.files.prep.align != "none":
-            self._reference = frame  # the stream's first frame is its alignment reference
+            self._reference = frame  # older package without a reference: the first frame
         raw, error_map = self._score(frame)
         self.last_raw = raw
         if math.isfinite(raw):

@@ -14,16 +14,20 @@ from vigil.evaluation.gate import GateDecision, evaluate_gate
 CFG = GateConfig(precision=0.9, min_recall=0.8, champion_tolerance=0.02)
 
 
-def metrics(precision=0.95, recall=0.85, best=0.9, auroc=0.97, data_hash="h1", **extra):
-    return {
+def metrics(precision=0.95, recall=0.85, best=0.9, auroc=0.97, test="t1", data="d1", **extra):
+    """Candidate/champion metrics; ``test`` is the test-split hash, ``data`` the data hash
+    (None leaves the key out, as for a champion registered before the key existed)."""
+    out = {
         "precision_at_threshold": precision,
         "recall_at_threshold": recall,
         "recall_at_precision": best,
         "image_auroc": auroc,
         "gate_can_pass": 1,
-        "data_hash": data_hash,
+        "test_split_hash": test,
+        "data_hash": data,
         **extra,
     }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 @pytest.mark.parametrize(
@@ -46,19 +50,49 @@ def metrics(precision=0.95, recall=0.85, best=0.9, auroc=0.97, data_hash="h1", *
         (metrics(auroc=0.96), metrics(auroc=0.97), True, "image_auroc 0.960 vs champion"),
         # a weak candidate that meets the absolute bar still loses to a much better champion
         (metrics(best=0.8), metrics(best=1.0), False, "worse than the champion"),
-        # a champion measured on other data is not comparable
-        (metrics(best=0.5, data_hash="new"), metrics(best=1.0, data_hash="old"), True,
-         "other test data"),
+        # retraining added normal training data (data hash changed), same test split: compared,
+        # so a weak candidate loses to a much better champion
+        (metrics(best=0.5, data="new"), metrics(best=1.0, data="old"), False,
+         "recall_at_precision 0.500 is worse than the champion's 1.000"),
+        (metrics(auroc=0.80, data="new"), metrics(auroc=0.99, data="old"), False,
+         "image_auroc 0.800 is worse"),
+        # a different test split cannot be compared: said plainly, absolute bars decide
+        (metrics(best=0.5, test="t2"), metrics(best=1.0, test="t1"), True,
+         "different test split"),
+        (metrics(recall=0.5, test="t2"), metrics(best=1.0, test="t1"), False, "below the minimum"),
+        # a champion without a test-split hash (registered before it existed): compared only
+        # when the data hashes show the same data
+        (metrics(best=0.5), metrics(best=1.0, test=None), False, "worse than the champion"),
+        (metrics(best=0.5, data="new"), metrics(best=1.0, test=None, data="old"), True,
+         "champion has no test-split hash"),
+        (metrics(best=0.5, test=None, data=None), metrics(best=1.0), True,
+         "candidate has no test-split hash"),
         # a good champion does not rescue a candidate below the absolute bar
         (metrics(recall=0.5), metrics(best=0.5, auroc=0.5), False, "below the minimum"),
         (metrics(), {}, True, "no champion yet"),
-        (metrics(), {"data_hash": "h1"}, True, "champion has no recall_at_precision"),
+        (metrics(), {"test_split_hash": "t1"}, True, "champion has no recall_at_precision"),
     ],
 )
 def test_gate_truth_table(candidate, champion, passed, reason):
     decision = evaluate_gate(candidate, champion, CFG)
     assert decision.passed is passed
     assert any(reason in r for r in decision.reasons), decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "compared"),
+    [
+        (metrics(data="new"), metrics(data="old"), True),  # only training data changed
+        (metrics(test="t2"), metrics(test="t1"), False),
+        (metrics(), metrics(test=None), True),  # legacy champion, same data hash
+        (metrics(data="new"), metrics(test=None, data="old"), False),
+    ],
+)
+def test_comparison_follows_the_test_split_hash(candidate, champion, compared):
+    decision = evaluate_gate(candidate, champion, CFG)
+    assert decision.compared_with_champion is compared
+    if not compared:
+        assert any("comparison with the champion cannot be made" in r for r in decision.reasons)
 
 
 def test_video_metrics_compare_frame_auroc():

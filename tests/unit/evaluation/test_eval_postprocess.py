@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from vigil.config import EvaluateConfig
 from vigil.evaluation import postprocess as pp
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def blob_map(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +110,55 @@ def test_roi_zeroes_outside_and_rejects_a_roi_that_does_not_fit():
     hot = np.zeros((10, 12), np.float32)
     hot[0, 0] = 1.0
     assert pp.image_score(pp.smooth_map(hot, cfg, roi=(2, 3, 4, 5)), cfg) == 0.0
+
+
+def test_roi_from_params_reaches_the_chain(tmp_path):
+    """``evaluate.roi`` in a params file is validated and cuts the image score."""
+    import yaml
+
+    from vigil.config import load_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["evaluate"].update(roi=[2, 3, 4, 5], median_blur=1, score="max")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_params(path).evaluate
+    assert cfg.roi == (2, 3, 4, 5)
+    hot = np.zeros((10, 12), np.float32)
+    hot[0, 0] = 1.0  # outside the region of interest
+    assert pp.image_score(pp.smooth_map(hot, cfg), cfg) == 0.0
+    hot[4, 3] = 0.5  # inside
+    assert pp.image_score(pp.smooth_map(hot, cfg), cfg) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("roi", "message"),
+    [
+        ([0, 0, 0, 4], "evaluate.roi: Value error, roi size (w=0, h=4) must be positive"),
+        ([-1, 0, 4, 4], "evaluate.roi: Value error, roi origin (x=-1, y=0) must not be negative"),
+        ([0, 0, 4], "evaluate.roi"),
+        ([60, 0, 8, 8], "evaluate.roi [60, 0, 8, 8] (x, y, w, h) does not fit inside the 64x64"),
+    ],
+)
+def test_bad_roi_is_a_config_error_naming_the_file_and_field(tmp_path, roi, message):
+    import yaml
+
+    from vigil.config import ConfigError, load_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["evaluate"]["roi"] = roi
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert str(path) in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_config_defaults_equal_params_yaml():
+    """One truth: the post-processing defaults are the values params.yaml runs with."""
+    from vigil.config import load_params
+
+    assert load_params(REPO / "params.yaml").evaluate == EvaluateConfig()
 
 
 def test_overlay_is_blue_where_cold_and_red_where_hot():

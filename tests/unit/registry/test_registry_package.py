@@ -140,3 +140,73 @@ def test_missing_threshold_is_a_clear_error(tmp_path):
     (model_dir / "threshold.json").unlink()
     with pytest.raises(pkg.PackageError, match="threshold.json: missing"):
         pkg.stage_artifacts(model_dir, tmp_path / "out", prep=IMAGE_PREP, postprocess=POST)
+
+
+ALIGN_PREP = ImagePrep(size=(32, 32), channels=3, align="phase")
+
+
+def textured_image(shift: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """BGR uint8 (64, 64, 3): smooth blobs and a bright bar, rolled by ``shift`` (dy, dx)."""
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    base = 90 + 60 * np.sin(xx / 6.0) * np.cos(yy / 9.0)
+    image = np.stack([base, base * 0.8 + 20, 255 - base], axis=-1)
+    image[20:30, 12:40] = 250
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return np.roll(image, shift, axis=(0, 1))
+
+
+def test_aligned_package_scores_as_evaluation_did(tmp_path):
+    """prep.align set: the package ships the prepared reference frame; pyfunc and the serving
+    loader align every input to it, exactly as the prepared (evaluated) data was aligned."""
+    from vigil.models import build_model, model_spec, save_trained
+    from vigil.serving.loader import scorer_from_package
+
+    model_dir = tmp_path / "model"
+    spec = model_spec("image", 3, ALIGN_PREP.size,
+                      ImageModelConfig(depth=2, filters=4, latent_channels=4), prep=ALIGN_PREP)
+    torch.manual_seed(1)
+    network = build_model(spec).eval()
+    save_trained(model_dir, network, spec)
+    (model_dir / "threshold.json").write_text(json.dumps({"threshold": 0.0}))
+    reference = preprocess_frame(textured_image(), ALIGN_PREP)  # what prepare aligned to
+    shifted = [textured_image((3, -2)), textured_image((-4, 5))]
+
+    # evaluation's view: frames aligned to the reference at prepare time, then scored
+    aligned = np.stack([preprocess_frame(im, ALIGN_PREP, reference) for im in shifted])
+    with torch.inference_mode():
+        expected = score_frames(network, aligned, ALIGN_PREP, POST).scores
+        unaligned = score_frames(network, np.stack(
+            [preprocess_frame(im, ALIGN_PREP) for im in shifted]), ALIGN_PREP, POST).scores
+    assert not np.allclose(expected, unaligned)  # alignment matters for these inputs
+
+    out = pkg.save_package(tmp_path / "pkg", model_dir, prep=ALIGN_PREP, postprocess=POST,
+                           reference=reference)
+    assert (pkg.find_artifacts(out) / pkg.REFERENCE_FILE).is_file()
+    np.testing.assert_array_equal(pkg.read_reference(out, ALIGN_PREP), reference)  # lossless
+
+    pngs = [cv2.imencode(".png", im)[1].tobytes() for im in shifted]
+    table = mlflow.pyfunc.load_model(str(out)).predict(pkg.images_frame(pngs))
+    np.testing.assert_allclose(table["score"].to_numpy(), expected, rtol=1e-6)
+
+    scorer = scorer_from_package(out, {}, smoke_test=False)
+    served = [r.score for r in scorer.score_images(shifted)]
+    np.testing.assert_allclose(served, expected, rtol=1e-6)
+    # a stream or clip aligns to the same reference, not to its own first frame
+    np.testing.assert_array_equal(scorer.preprocess_clip(shifted), aligned)
+    stream = scorer.stream()
+    streamed = [stream.push(im).score for im in shifted]
+    assert streamed[0] == pytest.approx(expected[0], rel=1e-6)
+
+
+def test_aligning_prep_without_a_reference_is_a_clear_error(tmp_path):
+    model_dir = tiny_model_dir(tmp_path / "model", "image", threshold=0.1)
+    with pytest.raises(pkg.PackageError, match="no alignment reference frame"):
+        pkg.stage_artifacts(model_dir, tmp_path / "out", prep=ALIGN_PREP, postprocess=POST)
+    with pytest.raises(pkg.PackageError, match=r"uint8 frame of shape \(32, 32, 3\)"):
+        pkg.stage_artifacts(model_dir, tmp_path / "out2", prep=ALIGN_PREP, postprocess=POST,
+                            reference=np.zeros((16, 16, 3), np.uint8))
+    gray = ImagePrep(size=(32, 32), channels=1, align="ecc")
+    frame = preprocess_frame(textured_image(), gray)
+    staged = pkg.stage_artifacts(model_dir, tmp_path / "out3", prep=gray, postprocess=POST,
+                                 reference=frame)
+    np.testing.assert_array_equal(pkg.read_reference(staged, gray), frame)

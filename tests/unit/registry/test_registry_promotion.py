@@ -148,9 +148,10 @@ def test_force_promote_records_who_and_why(client, tmp_path):
 def test_registry_unreachable_at_alias_step_leaves_champion(client, tmp_path):
     pro.register_candidate(client, NAME, logged_package(tmp_path, 0), GOOD, GATE, LINEAGE)
     flaky = RegistryCutOff(client, "set_registered_model_alias", pro.CHAMPION)
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(pro.PromotionError) as failure:
         pro.register_candidate(flaky, NAME, logged_package(tmp_path, 1), GOOD, GATE, LINEAGE)
     assert flaky.cut and "127.0.0.1:9" in str(failure.value)
+    assert "moving champion of vigil-tiny-image to version 2" in str(failure.value)
     assert champion(client) == "1"  # the real registry still names the old champion
     assert client.get_model_version(NAME, "2").status == "READY"
 
@@ -169,34 +170,48 @@ def test_tampered_package_is_never_champion(client, tmp_path):
     assert pro.alias_version(client, NAME, pro.CHALLENGER) is None
 
 
-def test_register_stage_gates_and_writes_decision(client, tmp_path, capsys):
-    """pipelines/register.py end to end on a real store: pass, then a rejected weak model (exit 0)."""
+def load_register_stage():
     import importlib.util
 
     script = Path(__file__).resolve().parents[3] / "pipelines" / "register.py"
     spec = importlib.util.spec_from_file_location("register_stage", script)
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    (tmp_path / "params.yaml").write_text(
+    return stage
+
+
+def write_stage_inputs(root: Path, seed: int, metrics: dict, data_hash: str = "h1") -> str:
+    """params.yaml, a trained tiny model with threshold.json and train.json, metrics.json;
+    returns the training run id."""
+    from vigil.models import build_model, model_spec, save_trained
+
+    (root / "params.yaml").write_text(
         "data:\n  datasets:\n    tiny:\n      source: data/raw/tiny\n      modality: image\n"
         "register:\n  model_name_prefix: vigil\n"
     )
-    from vigil.models import build_model, model_spec, save_trained
+    model_dir = root / "models" / "tiny"
+    cfg = ImageModelConfig(depth=1, filters=2, latent_channels=2)
+    torch.manual_seed(seed)
+    mspec = model_spec("image", 1, PREP.size, cfg, prep=PREP)
+    save_trained(model_dir, build_model(mspec), mspec)
+    (model_dir / "threshold.json").write_text(
+        json.dumps({"threshold": 0.1, "postprocess": POST.model_dump()})
+    )
+    with mlflow.start_run(
+        tags={"vigil.git_commit": "c0ffee", "vigil.data_hash": data_hash}
+    ) as run:
+        pass
+    (model_dir / "train.json").write_text(json.dumps({"run_id": run.info.run_id}))
+    (root / "reports" / "tiny").mkdir(parents=True, exist_ok=True)
+    (root / "reports" / "tiny" / "metrics.json").write_text(json.dumps(metrics))
+    return run.info.run_id
 
+
+def test_register_stage_gates_and_writes_decision(client, tmp_path, capsys):
+    """pipelines/register.py end to end on a real store: pass, then a rejected weak model (exit 0)."""
+    stage = load_register_stage()
     for seed, metrics in ((0, GOOD), (1, WEAK)):
-        model_dir = tmp_path / "models" / "tiny"
-        cfg = ImageModelConfig(depth=1, filters=2, latent_channels=2)
-        torch.manual_seed(seed)
-        mspec = model_spec("image", 1, PREP.size, cfg, prep=PREP)
-        save_trained(model_dir, build_model(mspec), mspec)
-        (model_dir / "threshold.json").write_text(
-            json.dumps({"threshold": 0.1, "postprocess": POST.model_dump()})
-        )
-        with mlflow.start_run(tags={"vigil.git_commit": "c0ffee", "vigil.data_hash": "h1"}) as run:
-            pass
-        (model_dir / "train.json").write_text(json.dumps({"run_id": run.info.run_id}))
-        (tmp_path / "reports" / "tiny").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "reports" / "tiny" / "metrics.json").write_text(json.dumps(metrics))
+        run_id = write_stage_inputs(tmp_path, seed, {**metrics, "test_split_hash": "t1"})
         assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
         decision = json.loads((tmp_path / "reports" / "tiny" / "decision.json").read_text())
         assert decision["version"] == str(seed + 1)
@@ -204,5 +219,78 @@ def test_register_stage_gates_and_writes_decision(client, tmp_path, capsys):
     assert "gate REJECTED" in capsys.readouterr().out
     tags = client.get_model_version("vigil-tiny-image", "2").tags
     assert tags["vigil.git_commit"] == "c0ffee" and tags["vigil.dataset"] == "tiny"
+    assert tags["vigil.test_split_hash"] == "t1"
     # The package went into the training run.
-    assert client.get_model_version("vigil-tiny-image", "2").run_id == run.info.run_id
+    assert client.get_model_version("vigil-tiny-image", "2").run_id == run_id
+
+
+def test_new_training_data_keeps_the_champion_comparison(client, tmp_path):
+    """Retraining changes the data hash (new normal training data) but not the test split: the
+    weak candidate is compared with the champion read back from its tags, and loses."""
+    good = {**GOOD, "test_split_hash": "t1"}
+    # meets the absolute bar, but far below the champion's best recall and AUROC
+    weaker = {**GOOD, "recall_at_precision": 0.82, "image_auroc": 0.9, "test_split_hash": "t1"}
+    first = pro.register_candidate(client, NAME, logged_package(tmp_path, 0), good, GATE,
+                                   {**LINEAGE, "data_hash": "d1"})
+    assert client.get_model_version(NAME, first.version).tags["vigil.test_split_hash"] == "t1"
+    second = pro.register_candidate(client, NAME, logged_package(tmp_path, 1), weaker, GATE,
+                                    {**LINEAGE, "data_hash": "d2"})
+    assert second.gate["compared_with_champion"] and not second.passed
+    assert any("worse than the champion" in r for r in second.reasons)
+    assert champion(client) == first.version
+
+
+def _raise(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        ("mlflow.MlflowClient.create_model_version", "mlflow"),
+        ("mlflow.MlflowClient.set_registered_model_alias", "connection"),
+        ("mlflow.pyfunc.log_model", "connection"),
+    ],
+)
+def test_register_stage_turns_registry_errors_into_exit_1(
+    client, tmp_path, capsys, monkeypatch, target, error
+):
+    """A raw MlflowException or connection error mid-registration: one plain line, exit 1, and
+    the champion alias still on the version it named before."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    stage = load_register_stage()
+    write_stage_inputs(tmp_path, 0, GOOD)
+    assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
+    capsys.readouterr()
+    raised = (
+        MlflowException("INTERNAL_ERROR: database is locked")
+        if error == "mlflow"
+        else RequestsConnectionError("Max retries exceeded with url: /api/2.0/mlflow")
+    )
+    write_stage_inputs(tmp_path, 1, GOOD)
+    monkeypatch.setattr(target, _raise(raised))
+    assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "register@tiny: registry failure, champion unchanged:" in err, err
+    assert "Traceback" not in err and type(raised).__name__ in err
+    monkeypatch.undo()
+    assert str(client.get_model_version_by_alias("vigil-tiny-image", pro.CHAMPION).version) == "1"
+
+
+def test_registry_errors_wraps_only_registry_failures():
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(pro.PromotionError, match="step x: MlflowException: boom"):
+        with pro.registry_errors("step x"):
+            raise MlflowException("boom\nsecond line")
+    with pytest.raises(pro.PromotionError, match="ConnectionRefusedError"):
+        with pro.registry_errors("step x"):
+            raise ConnectionRefusedError(111, "Connection refused")
+    with pytest.raises(ValueError, match="bad input"):  # not a registry failure: unchanged
+        with pro.registry_errors("step x"):
+            raise ValueError("bad input")
