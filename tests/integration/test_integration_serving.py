@@ -284,6 +284,39 @@ def test_pull_cli_installs_and_reports_errors(mlflow_store, tmp_path, capsys):
     assert "cannot resolve" in capsys.readouterr().err
 
 
+def test_serve_model_dir_loads_the_current_pulled_version(mlflow_store, tmp_path, capsys):
+    """`vigil pull` then `vigil serve --model-dir` (a subprocess): the folder loads through its
+    `current` link, as a plain folder would."""
+    from vigil.serving.cli import main
+
+    name = "vigil-tiny-image"
+    _register_tiny_image_model(tmp_path, name)
+    dest = tmp_path / "deploy"
+    assert main(["pull", "--model", name, "--dest", str(dest)]) == 0
+    capsys.readouterr()
+    assert os.readlink(dest / "current") == "versions/1"
+    port = _free_port()
+    serve = ["serve", "--model-dir", str(dest), "--no-follow", "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVING_MAIN, *serve],
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, url)
+        info = httpx.get(f"{url}/model").json()
+        assert info["name"] == name and info["version"] == "1" and info["alias"] == "champion"
+        image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        answer = httpx.post(f"{url}/score", content=_png(image), timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_same_scores(mlflow_store, tmp_path):
     from vigil.registry.package import invocation_payload

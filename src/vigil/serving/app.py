@@ -14,9 +14,11 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   their state across them; image models score each frame).
 
 Every answer names the model version that produced it. Bad input gets a 4xx with a message: 413
-for bodies over ``limits.max_request_bytes`` or images over ``limits.max_image_side``, 422 for
-non-image bytes, truncated files, unsupported channel counts and empty batches. With
-``VIGIL_API_TOKEN`` set, scoring endpoints require ``Authorization: Bearer <token>``.
+for bodies over ``limits.max_request_bytes`` (counted while read, so chunked uploads without a
+Content-Length stop there too) or images over ``limits.max_image_side``, 422 for non-image
+bytes, truncated files, unsupported channel counts (the answer names the count and what the model
+takes) and empty batches. With ``VIGIL_API_TOKEN`` set, scoring endpoints require
+``Authorization: Bearer <token>``.
 
 Score log (opt-in, for the retrain drift trigger): with ``score_log: PATH`` in
 configs/serving.yaml or ``vigil serve --score-log PATH``, every scored image or frame appends one
@@ -35,6 +37,7 @@ import hmac
 import logging
 import math
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "VIGIL_API_TOKEN"
 RAW_TYPES = ("image/", "application/octet-stream")
+_TIFF_SAMPLES_PER_PIXEL = 277
+_TIFF_EXTRA_SAMPLES = 338  # 1, 2: the extra channel is alpha
 
 _IMAGE_BODY = {
     "requestBody": {
@@ -103,10 +108,16 @@ class InputError(HTTPException):
         super().__init__(status_code=status, detail=message)
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a declared Content-Length over ``limit``, before reading it.
+class BodyTooLargeError(Exception):
+    """Raised from ``receive`` once a request body grows past the limit (see ``BodyLimit``)."""
 
-    (Bodies without a length are capped while read, in ``_read_limited``.)
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, for every endpoint.
+
+    A declared Content-Length over the limit is refused before reading; any other body (chunked
+    uploads have no length) is counted while the app reads it, and reading stops with a 413 as
+    soon as the count passes the limit, so no request holds more than ``limit`` bytes.
     """
 
     def __init__(self, app: Any, limit: int) -> None:
@@ -114,15 +125,50 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
-                detail = (
-                    f"request body of {int(length)} bytes exceeds the limit of {self.limit} bytes"
-                )
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            detail = f"request body of {int(length)} bytes exceeds the limit of {self.limit} bytes"
+            await self._refuse(detail, scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._counting(receive), tracked_send)
+        except BodyTooLargeError:
+            if started:  # cannot happen with our endpoints: they read before answering
+                raise
+            detail = f"request body exceeds the limit of {self.limit} bytes"
+            await self._refuse(detail, scope, receive, send)
+
+    def _counting(self, receive: Callable) -> Callable:
+        """``receive`` that raises BodyTooLargeError once the body read so far passes the limit."""
+        received = 0
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLargeError
+            return message
+
+        return counting_receive
+
+    @staticmethod
+    async def _refuse(detail: str, scope: dict, receive: Callable, send: Callable) -> None:
+        """Answer 413 and close: the rest of the body is never read."""
+        response = JSONResponse({"detail": detail}, status_code=413)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
 
 def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> FastAPI:
@@ -190,7 +236,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         """Score one image; ``heatmap=true`` adds the overlay PNG (base64)."""
         started = time.perf_counter()
         scorer = holder.current
-        data, name = await _one_image_body(request, limits.max_request_bytes)
+        data, name = await _one_image_body(request)
         result = (await run(scorer.score_images, [(data, name)], heatmap, scorer.info))[0]
         return _answer(scorer, result, started, heatmap)
 
@@ -206,7 +252,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         """Score one image and answer with its heat map PNG; the score is in the headers."""
         started = time.perf_counter()
         scorer = holder.current
-        data, name = await _one_image_body(request, limits.max_request_bytes)
+        data, name = await _one_image_body(request)
         result = (await run(scorer.score_images, [(data, name)], True, scorer.info))[0]
         answer = _answer(scorer, result, started, False)
         headers = {f"X-Vigil-{k.replace('_', '-')}": str(v) for k, v in answer.items()}
@@ -236,20 +282,10 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
 
 
 # --- request parsing ---------------------------------------------------------------------------
+# Bodies are read whole here: ``BodyLimit`` stops any read past max_request_bytes with a 413.
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) once it grows past ``limit`` (chunked uploads included)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _one_image_body(request: Request, limit: int) -> tuple[bytes, str]:
+async def _one_image_body(request: Request) -> tuple[bytes, str]:
     """(bytes, name) of the single image in a raw or multipart body."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -264,8 +300,7 @@ async def _one_image_body(request: Request, limit: int) -> tuple[bytes, str]:
             f"unsupported content type {content_type!r}: send image bytes (image/*, "
             "application/octet-stream) or multipart/form-data with a 'file' field",
         )
-    data = await _read_limited(request, limit)
-    return data, "body"
+    return await request.body(), "body"
 
 
 async def _many_images(request: Request, max_items: int, what: str) -> list[tuple[bytes, str]]:
@@ -285,17 +320,27 @@ async def _many_images(request: Request, max_items: int, what: str) -> list[tupl
     ]
 
 
-def _decode(data: bytes, name: str, max_side: int) -> np.ndarray:
-    """Image bytes -> decoded array, with 413/422 answers naming the problem."""
+def _decode(data: bytes, name: str, max_side: int, model_channels: int) -> np.ndarray:
+    """Image bytes -> decoded array, with 413/422 answers naming the problem.
+
+    ``model_channels``: what the model takes (1 gray, 3 RGB), named when the channel count of
+    the image is one the service cannot convert to it.
+    """
     from vigil.data.preprocess import ImageDecodeError, decode_image
 
     if not data:
         raise InputError(422, f"{name}: empty image (0 bytes)")
     _check_header_size(data, name, max_side)
+    channels = _unsupported_tiff_channels(data)
+    if channels is not None:
+        raise InputError(422, _channel_message(name, channels, model_channels))
     try:
         image = decode_image(data, name)
     except ImageDecodeError as error:
-        raise InputError(422, str(error)) from None
+        message = str(error)
+        if "channel count" in message:  # decoded, but with a count decode_image refuses
+            message = f"{message}; {_model_takes(model_channels)}"
+        raise InputError(422, message) from None
     height, width = image.shape[:2]
     if max(height, width) > max_side:
         raise InputError(
@@ -303,6 +348,55 @@ def _decode(data: bytes, name: str, max_side: int) -> np.ndarray:
             f"{name}: image of {width}x{height} exceeds the limit of {max_side} pixels per side",
         )
     return image
+
+
+def _channel_message(name: str, channels: int, model_channels: int) -> str:
+    return f"{name}: unsupported channel count {channels}; {_model_takes(model_channels)}"
+
+
+def _model_takes(model_channels: int) -> str:
+    """What the model expects, and which images the service converts to it."""
+    kind = "gray" if model_channels == 1 else "RGB"
+    return (
+        f"the model takes {model_channels}-channel ({kind}) images: send 1 (gray), 2 (gray + "
+        "alpha), 3 (color) or 4 (color + alpha) channels; alpha is dropped"
+    )
+
+
+def _unsupported_tiff_channels(data: bytes) -> int | None:
+    """The channel count of a TIFF the service cannot score, or None (not a TIFF, or fine).
+
+    OpenCV refuses TIFFs of more than 4 channels with only "cannot decode" and reads a
+    2-channel one as gray whatever its second channel is; PIL cannot open either. Reading the
+    header lets the answer name the count. 2 channels pass only as gray + alpha (ExtraSamples
+    1 or 2). Other formats OpenCV reads hold 1 to 4 channels, handled by ``decode_image``.
+    """
+    tags = _tiff_tags(data)
+    channels = tags.get(_TIFF_SAMPLES_PER_PIXEL)
+    if channels is None or channels in (1, 3, 4):
+        return None
+    if channels == 2 and tags.get(_TIFF_EXTRA_SAMPLES) in (1, 2):
+        return None
+    return channels
+
+
+def _tiff_tags(data: bytes) -> dict[int, int]:
+    """tag -> value of the one-valued SHORT/LONG entries of a TIFF's first image; {} when
+    ``data`` is not a TIFF."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    if order is None or len(data) < 8:
+        return {}
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    if offset + 2 > len(data):
+        return {}
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    tags = {}
+    for start in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind, n = struct.unpack(order + "HHI", data[start : start + 8])
+        if n == 1 and kind in (3, 4):  # SHORT or LONG, left-justified in the value field
+            fmt = order + ("H" if kind == 3 else "I")
+            tags[tag] = struct.unpack(fmt, data[start + 8 : start + 8 + struct.calcsize(fmt)])[0]
+    return tags
 
 
 def _check_header_size(data: bytes, name: str, max_side: int) -> None:
@@ -357,7 +451,7 @@ def _runner(executor: ThreadPoolExecutor, max_side: int, score_log: ScoreLog | N
     def decode_and_score(
         method: Callable, blobs: list, heatmap: bool, info: ModelInfo
     ) -> list[FrameScore]:
-        images = [_decode(data, name, max_side) for data, name in blobs]
+        images = [_decode(data, name, max_side, info.channels) for data, name in blobs]
         try:
             results = method(images, heatmap=heatmap)
         except ValueError as error:  # model-side input errors (e.g. a video model, one image)

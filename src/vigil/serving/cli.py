@@ -12,6 +12,7 @@ unset) appends one JSON line per scored image or frame for the retrain drift tri
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -99,8 +100,12 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def _model_source(args: argparse.Namespace, alias: str) -> str:
+    """What to load: the current version folder of ``--model-dir`` (resolved once, so a pull
+    swapping versions meanwhile cannot mix two), ``--model-uri``, or the env's default URI."""
+    from vigil.serving.pull import resolve_model_dir
+
     if args.model_dir is not None:
-        return str(args.model_dir)
+        return str(resolve_model_dir(args.model_dir))
     if args.model_uri:
         return args.model_uri
     name = os.environ.get(MODEL_NAME_ENV)
@@ -123,8 +128,18 @@ def _load(args: argparse.Namespace, config, command: str):
     from vigil.serving.pull import PullError
 
     source = _model_source(args, config.follow.alias)
+    load = functools.partial(load_scorer, max_concurrent=config.server.max_concurrent_inference)
     try:
-        scorer = load_scorer(source, max_concurrent=config.server.max_concurrent_inference)
+        try:
+            scorer = load(source)
+        except (ModelLoadError, OSError):
+            # A pull may have swapped --model-dir's version (deleting the one we had resolved)
+            # while it loaded: load the version that is current now.
+            latest = _model_source(args, config.follow.alias)
+            if latest == source:
+                raise
+            source = latest
+            scorer = load(source)
     except (PullError, ModelLoadError, TrackingError) as error:
         print(f"vigil {command}: error: cannot load model {source}: {error}", file=sys.stderr)
         return None, source

@@ -2,15 +2,28 @@
 
 ``pull("vigil-capsules-image", "champion", "deploy/model")`` resolves the alias, downloads the
 version's MLflow model, checks the sha256 recorded at registration (a version tag written by
-``vigil.registry.promotion``), and installs it atomically as::
+``vigil.registry.promotion``), and installs it as one complete version folder::
 
     deploy/model/
-      manifest.json   name, version, alias, run id, threshold, metrics, checksum, pulled_at
-      package/        the MLflow pyfunc model as registered (MLmodel, artifacts/...)
+      versions/<version>/   one complete install
+        manifest.json       name, version, alias, run id, threshold, metrics, checksum, pulled_at
+        package/            the MLflow pyfunc model as registered (MLmodel, artifacts/...)
+      current -> versions/<version>
+      manifest.json -> current/manifest.json
+      package -> current/package
 
-The new copy is staged in a temporary sibling folder and renamed into place, so a reader sees
-either the old package or the new one, never half of one. A package whose checksum does not
-match is refused and nothing is replaced. Pulling the version already installed is a no-op.
+A new version is downloaded and verified in a temporary sibling folder, moved under
+``versions/``, and published by renaming a temporary symlink over ``current`` (``rename(2)`` is
+atomic): a reader that resolves ``current`` once (``resolve_model_dir``) sees the old complete
+version or the new one, never a missing or half-written folder. The version a swap replaces is
+kept until the next swap (a reader may still be loading it), older ones are deleted: at most two
+versions are on disk. ``deploy/model`` itself still loads as a plain folder (``manifest.json`` and
+``package`` at its top, through ``current``), so ``vigil serve --model-dir deploy/model`` and
+``load_scorer("deploy/model")`` work unchanged. A package whose checksum does not match is
+refused and nothing is replaced. Pulling the version already installed is a no-op.
+
+A folder written by an older vigil (``manifest.json`` and ``package/`` as plain entries) is
+converted on its next pull; that one conversion swaps the whole folder with two renames.
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 PACKAGE_DIR = "package"
+VERSIONS_DIR = "versions"
+CURRENT_LINK = "current"
 
 
 class PullError(RuntimeError):
@@ -67,8 +82,20 @@ def resolve_version(client: MlflowClient, name: str, alias: str) -> ModelVersion
         raise PullError(f"cannot resolve {name}@{alias} in the registry: {error}") from error
 
 
+def resolve_model_dir(dest: Path | str) -> Path:
+    """The complete version folder to load from ``dest``: the target of ``dest/current`` (read
+    once, so a swap while loading cannot mix two versions), or ``dest`` itself when it has no
+    ``current`` link (a bare package or a folder written by an older vigil)."""
+    dest = Path(dest)
+    link = dest / CURRENT_LINK
+    if link.is_symlink():
+        return Path(os.path.realpath(link))
+    return dest
+
+
 def read_manifest(dest: Path | str) -> dict[str, Any] | None:
-    """The manifest of an installed package, or None when ``dest`` holds none."""
+    """The manifest of an installed package (through ``current`` when there is one), or None
+    when ``dest`` holds none."""
     path = Path(dest) / MANIFEST_FILE
     if not path.is_file():
         return None
@@ -96,8 +123,9 @@ def pull(
     found = (
         _get_version(client, model, version) if version else resolve_version(client, model, alias)
     )
-    installed = read_manifest(dest)
-    if _is_installed(installed, dest, found):
+    installed_dir = resolve_model_dir(dest)
+    installed = read_manifest(installed_dir)
+    if _is_installed(installed, installed_dir, found):
         log.info("%s version %s already in %s: nothing to do", model, found.version, dest)
         return installed
     expected = expected_checksum(found)
@@ -159,7 +187,8 @@ def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
 
 
 def _is_installed(manifest: dict | None, dest: Path, found: ModelVersion) -> bool:
-    """Same name and version in ``dest``, and its files still match the recorded checksum."""
+    """Same name and version in the version folder ``dest``, and its files still match the
+    recorded checksum."""
     if not manifest or manifest.get("name") != found.name:
         return False
     if str(manifest.get("version")) != str(found.version):
@@ -219,17 +248,119 @@ def _build_manifest(
 
 
 def replace_dir(staging: Path, dest: Path) -> None:
-    """Rename ``staging`` to ``dest``; an existing ``dest`` is moved aside first, then removed."""
-    backup = None
-    if dest.exists():
-        backup = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    """Install the pulled folder ``staging`` as the current version of ``dest``; ``staging`` is
+    consumed (its version folder moves into ``dest``, the rest is removed).
+
+    ``staging`` is a flat folder (``manifest.json`` + ``package/``) or one written by ``pull``
+    (its ``current`` version is taken). Readers of ``dest`` see the old complete version or the
+    new one at every instant (see ``_install_version`` for when old versions are deleted).
+    """
+    staging, dest = Path(staging), Path(dest)
+    version_dir = resolve_model_dir(staging)
+    if not (version_dir / MANIFEST_FILE).is_file():
+        raise PullError(f"{staging}: no {MANIFEST_FILE}: not a pulled model folder")
+    version = str((read_manifest(version_dir) or {}).get("version", "unversioned"))
+    try:
+        if not dest.exists():
+            _install_new(version_dir, dest, version)
+        elif _is_flat_install(dest):
+            _convert_flat(version_dir, dest, version)
+        else:
+            _install_version(version_dir, dest, version)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_flat_install(dest: Path) -> bool:
+    """``dest`` was written by an older vigil: a plain manifest file or package folder."""
+    return any(
+        (dest / name).exists() and not (dest / name).is_symlink()
+        for name in (MANIFEST_FILE, PACKAGE_DIR)
+    )
+
+
+def _install_new(version_dir: Path, dest: Path, version: str) -> None:
+    """Build the whole layout in a sibling folder, then rename it to ``dest`` (absent so far)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+    try:
+        _install_version(version_dir, fresh, version)
+        os.rename(fresh, dest)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _convert_flat(version_dir: Path, dest: Path, version: str) -> None:
+    """Replace an older vigil's flat ``dest`` by the versioned layout (the one non-atomic swap:
+    two renames, the old folder is put back if the second one fails)."""
+    fresh = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+    backup = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    try:
+        _install_version(version_dir, fresh, version)
         shutil.rmtree(backup, ignore_errors=True)
         os.rename(dest, backup)
-    try:
-        os.rename(staging, dest)
-    except OSError:
-        if backup is not None:
+        try:
+            os.rename(fresh, dest)
+        except OSError:
             os.rename(backup, dest)
-        raise
-    if backup is not None:
+            raise
+        log.info("%s: converted to the versioned layout (versions/ + current)", dest)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def _install_version(version_dir: Path, dest: Path, version: str) -> None:
+    """Move ``version_dir`` under ``dest/versions/``, point ``current`` at it, and delete the
+    versions before the one it replaces.
+
+    The replaced version stays until the next swap: a reader that resolved ``current`` just
+    before this swap is still loading from it (deleting it now would pull files from under it).
+    """
+    versions = dest / VERSIONS_DIR
+    versions.mkdir(parents=True, exist_ok=True)
+    replaced = _current_name(dest)
+    target = _free_name(versions, version)
+    shutil.move(str(version_dir), target)  # a rename on one filesystem
+    _atomic_symlink(f"{CURRENT_LINK}/{MANIFEST_FILE}", dest / MANIFEST_FILE)
+    _atomic_symlink(f"{CURRENT_LINK}/{PACKAGE_DIR}", dest / PACKAGE_DIR)
+    _atomic_symlink(f"{VERSIONS_DIR}/{target.name}", dest / CURRENT_LINK)
+    _remove_versions(versions, keep={target.name, replaced})
+
+
+def _current_name(dest: Path) -> str | None:
+    """The name of the version folder ``dest/current`` points at, or None."""
+    link = dest / CURRENT_LINK
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def _free_name(versions: Path, version: str) -> Path:
+    """``versions/<version>``, or ``<version>-2``, ``-3``... when that one is taken (a corrupt
+    copy of the same version may still be ``current`` until the swap)."""
+    base = "".join(c if c.isalnum() or c in "._-" else "_" for c in version) or "unversioned"
+    candidate, n = versions / base, 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = versions / f"{base}-{n}"
+    return candidate
+
+
+def _atomic_symlink(target: str, link: Path) -> None:
+    """Make ``link`` a symlink to ``target`` (relative to the link's folder) by renaming a
+    temporary link over it: readers see the old link or the new one, never none. A link that
+    is already right is left alone."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    temp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    if temp.is_symlink() or temp.exists():
+        temp.unlink()
+    os.symlink(target, temp)
+    os.replace(temp, link)
+
+
+def _remove_versions(versions: Path, keep: set[str | None]) -> None:
+    """Delete every version folder whose name is not in ``keep``."""
+    for entry in versions.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Iterator
 
 import cv2
 import httpx
@@ -93,15 +94,99 @@ def test_bad_input_gets_specific_4xx(live_server, image_scorer):
     assert "exceeds the limit of 200000 bytes" in detail(
         client.post("/score", content=png(noise)), 413
     )
-    five_channels = _tiff(8, 8, samples=5)
-    assert "not a decodable image" in detail(client.post("/score", content=five_channels), 422)
     wrong_type = client.post("/score", json={"image": "x"})
     assert "unsupported content type" in detail(wrong_type, 415)
     assert "'file'" in detail(client.post("/score", files={"upload": ("a.png", good)}), 422)
 
 
-def _tiff(height: int, width: int, samples: int) -> bytes:
-    """An uncompressed TIFF with ``samples`` channels (OpenCV cannot write 5-channel images)."""
+def test_chunked_bodies_over_the_limit_get_413_while_read(live_server, image_scorer):
+    """No Content-Length (Transfer-Encoding: chunked): the limit holds for raw and multipart."""
+    client = _serve(live_server, image_scorer, max_request_bytes=20_000)
+    noise = np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    big, small = png(noise), png(sample_images(1)[0])  # ~43 kB (a valid image) and ~5 kB
+    assert len(big) > 20_000 > len(small)
+    boundary = "vigil-test-boundary"
+    multipart = {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+    def post(path: str, body: bytes, headers: dict | None = None) -> httpx.Response:
+        response = client.post(path, content=_chunks(body), headers=headers)
+        assert "content-length" not in response.request.headers
+        assert response.request.headers["transfer-encoding"] == "chunked"
+        return response
+
+    over = {"detail": "request body exceeds the limit of 20000 bytes"}
+    batch = _form(boundary, "files", small, small, small, small, small)
+    for response in (
+        post("/score", bytes(100_000)),
+        post("/score", _form(boundary, "file", big), multipart),
+        post("/score/heatmap", _form(boundary, "file", big), multipart),
+        post("/score/batch", batch, multipart),
+        post("/score/clip", batch, multipart),
+    ):
+        assert (response.status_code, response.json()) == (413, over), response.request.url
+    # under the limit, chunked bodies are scored as usual; the service is still healthy
+    fits = _form(boundary, "file", small)
+    for response in (post("/score", fits, multipart), post("/score", small)):
+        assert response.status_code == 200, response.text
+    assert client.get("/health").status_code == 200
+
+
+def _chunks(data: bytes, size: int = 1024) -> Iterator[bytes]:
+    """``data`` as a generator: httpx sends it chunked, with no Content-Length."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _form(boundary: str, field: str, *files: bytes) -> bytes:
+    """A multipart/form-data body with one ``field`` part per file."""
+    parts = [
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+        f"filename=\"{i}.png\"\r\nContent-Type: image/png\r\n\r\n".encode() + data + b"\r\n"
+        for i, data in enumerate(files)
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def test_unsupported_channel_counts_name_the_count_and_what_the_model_takes(
+    live_server, image_scorer
+):
+    client = _serve(live_server, image_scorer)
+    takes = "the model takes 3-channel (RGB) images"
+
+    def detail(response):
+        assert response.status_code == 422, response.text
+        return response.json()["detail"]
+
+    five = detail(client.post("/score", content=_tiff(8, 8, samples=5)))
+    assert "body: unsupported channel count 5" in five and takes in five
+    two = detail(client.post("/score", content=_tiff(8, 8, samples=2)))  # 2 bands, not alpha
+    assert "unsupported channel count 2" in two and takes in two
+    good = png(sample_images(1)[0])
+    files = [("files", ("ok.png", good)), ("files", ("six.tif", _tiff(8, 8, samples=6)))]
+    six = detail(client.post("/score/batch", files=files))
+    assert "files[1] (six.tif): unsupported channel count 6" in six and takes in six
+    # gray + alpha and color + alpha are converted (alpha dropped), as in training
+    gray_alpha = _pil_png(np.full((16, 16, 2), 128, np.uint8), "LA")
+    bgra = png(np.full((16, 16, 4), 128, np.uint8))
+    alpha_tiff = _tiff(8, 8, samples=2, extra_samples=2)
+    for data in (gray_alpha, bgra, alpha_tiff):
+        assert client.post("/score", content=data).status_code == 200
+
+
+def _pil_png(array: np.ndarray, mode: str) -> bytes:
+    """A PNG written by PIL (OpenCV cannot write gray + alpha)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _tiff(height: int, width: int, samples: int, extra_samples: int | None = None) -> bytes:
+    """An uncompressed TIFF with ``samples`` channels (OpenCV cannot write 5-channel images);
+    ``extra_samples`` (1, 2: alpha) marks what the channels past the first are."""
     data = bytes(height * width * samples)
     entries = [
         (256, 3, width),
@@ -114,6 +199,8 @@ def _tiff(height: int, width: int, samples: int) -> bytes:
         (278, 3, height),
         (279, 4, len(data)),
     ]
+    if extra_samples is not None:
+        entries.append((338, 3, extra_samples))
     ifd = struct.pack("<H", len(entries))
     for tag, kind, value in entries:
         packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)

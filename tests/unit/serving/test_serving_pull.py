@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import mlflow
 import pytest
@@ -10,12 +12,16 @@ from conftest import make_model_dir, png, register, sample_images
 
 from vigil.registry.package import CHECKSUM_TAG
 from vigil.serving.pull import (
+    CURRENT_LINK,
     MANIFEST_FILE,
     PACKAGE_DIR,
+    VERSIONS_DIR,
     ChecksumMismatchError,
     PullError,
     pull,
     read_manifest,
+    replace_dir,
+    resolve_model_dir,
 )
 
 
@@ -49,6 +55,84 @@ def test_new_champion_replaces_the_installed_version(image_registry, tmp_path):
     register(name, make_model_dir(tmp_path / "train2", "image", seed=1, threshold=0.07))
     manifest = pull(name, "champion", dest)
     assert manifest["version"] == "2" and read_manifest(dest)["threshold"] == pytest.approx(0.07)
+
+
+def test_versions_sit_behind_a_current_link_and_only_two_are_kept(image_registry, tmp_path):
+    from vigil.serving.loader import load_scorer
+
+    name, _ = image_registry
+    dest = tmp_path / "deploy" / "model"
+    pull(name, "champion", dest)
+    assert os.readlink(dest / CURRENT_LINK) == f"{VERSIONS_DIR}/1"
+    assert resolve_model_dir(dest) == (dest / VERSIONS_DIR / "1").resolve()
+    for seed, version in ((1, "2"), (2, "3")):
+        register(name, make_model_dir(tmp_path / f"train{seed}", "image", seed=seed))
+        pull(name, "champion", dest)
+        assert os.readlink(dest / CURRENT_LINK) == f"{VERSIONS_DIR}/{version}"
+    # version 3 serves; 2, which it replaced, stays for readers still loading it; 1 is gone
+    assert sorted(p.name for p in (dest / VERSIONS_DIR).iterdir()) == ["2", "3"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        CURRENT_LINK,
+        MANIFEST_FILE,
+        PACKAGE_DIR,
+        VERSIONS_DIR,
+    ]
+    assert load_scorer(dest).info.version == "3"  # the folder itself loads, through `current`
+    assert [p.name for p in (tmp_path / "deploy").iterdir()] == ["model"]
+
+
+def test_a_folder_from_an_older_vigil_is_kept_then_converted(image_registry, tmp_path):
+    name, _ = image_registry
+    pull(name, "champion", tmp_path / "new")
+    flat = tmp_path / "deploy" / "model"  # manifest.json + package/ as plain entries
+    shutil.copytree(resolve_model_dir(tmp_path / "new"), flat)
+    inode = (flat / MANIFEST_FILE).stat().st_ino
+    assert pull(name, "champion", flat)["version"] == "1"  # same version: a no-op
+    assert (flat / MANIFEST_FILE).stat().st_ino == inode and not (flat / CURRENT_LINK).exists()
+    register(name, make_model_dir(tmp_path / "train2", "image", seed=1))
+    assert pull(name, "champion", flat)["version"] == "2"
+    assert os.readlink(flat / CURRENT_LINK) == f"{VERSIONS_DIR}/2"
+    assert read_manifest(flat)["version"] == "2"
+    assert [p.name for p in (tmp_path / "deploy").iterdir()] == ["model"]
+
+
+def _flat_version(root, version: int):
+    """A pulled-looking folder: manifest.json + package/MLmodel, both naming ``version``."""
+    folder = root / f"staging-{version}"
+    (folder / PACKAGE_DIR).mkdir(parents=True)
+    (folder / PACKAGE_DIR / "MLmodel").write_text(f"{version}\n")
+    (folder / MANIFEST_FILE).write_text(json.dumps({"name": "m", "version": str(version)}))
+    return folder
+
+
+def test_every_step_of_a_swap_leaves_one_whole_model_in_place(tmp_path, monkeypatch):
+    """Check what a reader of ``dest`` finds after every filesystem call a swap makes: always
+    a whole model (manifest and package of one version), never a missing folder."""
+    dest = tmp_path / "model"
+    replace_dir(_flat_version(tmp_path, 0), dest)
+    seen: list[str] = []
+
+    def whole_model() -> None:
+        version = json.loads((dest / MANIFEST_FILE).read_text())["version"]  # raises if missing
+        assert (dest / PACKAGE_DIR / "MLmodel").read_text().strip() == version
+        seen.append(version)
+
+    for module, name in ((os, "rename"), (os, "replace"), (shutil, "move"), (shutil, "rmtree")):
+        real = getattr(module, name)
+
+        def checked(*args, _real=real, **kwargs):
+            result = _real(*args, **kwargs)
+            whole_model()
+            return result
+
+        monkeypatch.setattr(module, name, checked)
+    for version in (1, 2, 3):
+        pinned = resolve_model_dir(dest)  # a service resolving `current` just before the swap
+        replace_dir(_flat_version(tmp_path, version), dest)
+        assert (pinned / PACKAGE_DIR / "MLmodel").read_text().strip() == str(version - 1)
+    assert seen[0] == "0" and seen[-1] == "3" and set(seen) == {"0", "1", "2", "3"}
+    assert sorted(p.name for p in (dest / VERSIONS_DIR).iterdir()) == ["2", "3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # staging folders consumed
 
 
 def test_tampered_package_is_refused_and_nothing_is_replaced(image_registry, tmp_path):

@@ -71,16 +71,19 @@ def test_parse_model_uri():
             parse_model_uri(bad)
 
 
-def test_replace_dir_swaps_contents(tmp_path):
+def test_replace_dir_installs_a_pulled_folder_and_refuses_anything_else(tmp_path):
     dest, staging = tmp_path / "model", tmp_path / "staging"
-    dest.mkdir()
-    (dest / "old").write_text("1")
-    staging.mkdir()
-    (staging / "new").write_text("2")
+    (staging / "package").mkdir(parents=True)
+    (staging / "manifest.json").write_text(json.dumps({"name": "m", "version": "7"}))
     replace_dir(staging, dest)
-    assert sorted(p.name for p in dest.iterdir()) == ["new"]
-    assert not staging.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert json.loads((dest / "manifest.json").read_text())["version"] == "7"
+    assert (dest / "versions" / "7" / "package").is_dir() and not staging.exists()
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    with pytest.raises(PullError, match="no manifest.json: not a pulled model folder"):
+        replace_dir(stray, dest)
+    assert json.loads((dest / "manifest.json").read_text())["version"] == "7"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "stray"]
 
 
 def test_event_sink_posts_to_a_webhook_and_survives_a_dead_one(live_server, caplog):
