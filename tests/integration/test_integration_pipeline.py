@@ -106,7 +106,9 @@ def test_full_repro_promotes_then_rejects_a_weak_model(project):
     assert first["passed"] and first["promoted"], first
     assert (root / "reports" / "capsules" / "metrics.json").is_file()
     assert (root / "reports" / "capsules" / "evaluation" / "report.html").is_file()
-    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    uri = env["MLFLOW_TRACKING_URI"]
+    # name the registry too: an earlier test in this process may have set a global registry URI
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert str(champion.version) == str(first["version"])
 
