@@ -77,25 +77,27 @@ def in_process_scores(model_dir: Path, images: list[bytes], modality: str) -> np
 
 @pytest.mark.parametrize("modality", ["image", "video"])
 def test_logged_package_scores_equal_in_process_scores(mlflow_store, tmp_path, modality):
-    model_dir = tiny_model_dir(tmp_path / "model", modality, threshold=0.0)
-    images = raw_images(4)
-    reference = in_process_scores(model_dir, images, modality)
+    images = raw_images(5)
+    probe = tiny_model_dir(tmp_path / "probe", modality, threshold=0.0)
+    reference = in_process_scores(probe, images, modality)
+    finite = np.isfinite(reference)
+    if modality == "video":
+        assert np.isnan(reference[0]) and finite[1:].all()  # first frame has no prediction
+    # A threshold between the scores, so the package's decisions are tested both ways.
+    threshold = float(np.median(reference[finite]))
+    model_dir = tiny_model_dir(tmp_path / "model", modality, threshold=threshold)
     prep = IMAGE_PREP if modality == "image" else VIDEO_PREP
     with mlflow.start_run() as run:
         logged = pkg.log_package(
             model_dir, prep=prep, postprocess=POST, dataset="tiny", run_id=run.info.run_id
         )
-    assert logged.run_id == run.info.run_id
+    assert logged.run_id == run.info.run_id and logged.threshold == threshold
     loaded = mlflow.pyfunc.load_model(logged.model_uri)
     table = loaded.predict(pkg.images_frame(images))
     np.testing.assert_array_equal(table["score"].to_numpy(), reference)  # NaN == NaN here
-    threshold = float(np.nanmin(reference))
-    assert logged.threshold == 0.0
-    finite = np.isfinite(reference)
-    assert table["is_anomaly"].to_numpy()[finite].all()  # score >= 0.0 always
-    if modality == "video":
-        assert np.isnan(reference[0]) and finite[1:].all()  # first frame has no prediction
-    assert threshold >= 0
+    decided = table["is_anomaly"].to_numpy()[finite]
+    np.testing.assert_array_equal(decided, reference[finite] >= threshold)
+    assert decided.any() and not decided.all()
 
 
 def test_package_heatmap_signature_and_checksum(mlflow_store, tmp_path):
