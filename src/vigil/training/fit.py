@@ -296,6 +296,7 @@ def _train_and_save(
         generator=generator, drop_last=False,
     )
     val_loader = DataLoader(val_set, batch_size=train.batch_size, num_workers=train.num_workers)
+    _quiet_lightning_tips()
     trainer = pl.Trainer(
         max_epochs=max_epochs,
         accelerator=train.accelerator,
@@ -330,3 +331,16 @@ def _train_and_save(
     }.items():
         client.log_metric(run_id, name, value)
     return FitResult(objective, run_id, weights, spec, epochs, wall, best)
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ... litlogger"): noise in every stage log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_lightning_tips() -> None:
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropTips())
