@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv repro test test-all bench clean-stores
+.PHONY: venv repro test test-all lint bench clean-stores
 
 venv: $(STAMP)
 
@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml
 repro: venv
 	$(VENV)/bin/dvc repro
 
-test: venv
+test: venv lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src pipelines bench tests
 
 test-all: venv
 	$(PYTHON) -m pytest -m "slow or not slow" $(PYTEST_ARGS)

@@ -30,8 +30,8 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vigil.config import DatasetSpec, PrepareConfig
-from vigil.data.prepare import prepare_dataset
+from vigil.config import DatasetSpec, PrepareConfig  # noqa: E402 (after the sys.path insert)
+from vigil.data.prepare import prepare_dataset  # noqa: E402
 
 
 def bare_image_loop(files: list[Path], size: int) -> float:
@@ -121,8 +121,8 @@ def replicate(root: Path, dest: Path, times: int, modality: str) -> Path:
 PEAK_SNIPPET = """
 import json, resource, sys
 sys.path.insert(0, {src!r})
-from vigil.config import DatasetSpec, PrepareConfig
-from vigil.data.prepare import prepare_dataset
+from vigil.config import DatasetSpec, PrepareConfig  # noqa: E402 (after the sys.path insert)
+from vigil.data.prepare import prepare_dataset  # noqa: E402
 cfg = PrepareConfig.model_validate(json.loads({cfg!r}))
 r = prepare_dataset("mem", DatasetSpec(source={source!r}, modality={modality!r}), cfg, {out!r},
                     workers={workers}, progress=False)

@@ -27,7 +27,7 @@ from vigil.sweep.study import (
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny dataset builders live beside
-from test_sweep_objective import make_images
+from test_sweep_objective import make_images  # noqa: E402 (after the sys.path insert)
 
 SPACE = "image:\n  depth: {choices: [1, 2]}\n  latent_channels: {choices: [2, 8]}\n"
 
