@@ -141,7 +141,6 @@ def test_evaluate_cli_writes_metrics_plots_report_threshold_and_logs_to_the_run(
             "evaluation/pr_curve.png"} <= logged
 
 
-@pytest.mark.slow
 def test_evaluate_video_scores_clips_with_events_and_a_timeline(in_project, project):
     project("melt")
     evaluate = load_entry("evaluate")

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import mlflow
 import numpy as np
-import pytest
 import torch
 
 from vigil.config import EvaluateConfig, GateConfig, ImageModelConfig, ImagePrep
@@ -57,7 +56,6 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
     raise AssertionError(f"{url} not healthy after {timeout_s} s")
 
 
-@pytest.mark.slow
 def test_mlflow_models_serve_champion_gives_in_process_scores(mlflow_store, tmp_path):
     from vigil.models import build_model, model_spec, save_trained
 
@@ -136,7 +134,6 @@ def test_mlflow_models_serve_champion_gives_in_process_scores(mlflow_store, tmp_
             proc.wait()
 
 
-@pytest.mark.slow
 def test_package_loads_without_vigil_installed(tmp_path):
     """The bundled code/vigil is enough: a python that cannot import vigil scores with it."""
     import site

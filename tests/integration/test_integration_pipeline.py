@@ -20,8 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 MODEL = "vigil-capsules-image"
 
-pytestmark = pytest.mark.slow
-
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     result = subprocess.run(

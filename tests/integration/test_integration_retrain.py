@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import mlflow
-import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "scheduling"))
@@ -47,7 +46,6 @@ def _champion(name: str) -> str | None:
         return None
 
 
-@pytest.mark.slow
 def test_schedule_story_on_a_small_real_pipeline(tmp_path: Path, mlflow_store: str, capsys) -> None:
     fast = {**RETRAIN_YAML, "schedule": {"interval_minutes": 0.5 / 60, "run_at_start": True}}
     root = make_project(tmp_path / "proj", retrain=fast)
@@ -116,7 +114,6 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
-@pytest.mark.slow
 def test_full_pipeline_story(tmp_path: Path, mlflow_store: str) -> None:
     root = tmp_path / "repo"
     root.mkdir()

@@ -317,7 +317,6 @@ def test_serve_model_dir_loads_the_current_pulled_version(mlflow_store, tmp_path
         process.wait(30)
 
 
-@pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_same_scores(mlflow_store, tmp_path):
     from vigil.registry.package import invocation_payload
     from vigil.serving.loader import load_scorer

@@ -133,7 +133,6 @@ def test_registry_down_skips_the_pipeline_and_keeps_the_record(
     assert _champion() is None and _retrain_runs() == []  # nothing reached the registry
 
 
-@pytest.mark.slow
 def test_forced_cycle_with_drift_and_age_is_rejected_by_the_gate(project: Path) -> None:
     root = project
     scores = root / "scores.jsonl"
@@ -176,7 +175,6 @@ def test_failures_at_config_and_ingest_steps(fresh_project: Path) -> None:
     assert [r.info.status for r in _retrain_runs()] == ["FAILED", "FAILED"]
 
 
-@pytest.mark.slow
 def test_corrupt_decision_is_a_failure_that_still_records_the_champion(project: Path) -> None:
     root, cfg = project, _cfg(project)
     _drop(root, 51)
