@@ -131,6 +131,7 @@ def main() -> None:
                 "repro_commands": record["repro_commands"],
                 "verdict": entry.get("verdict"),
                 "promoted": entry.get("promoted"),
+                "gate_reasons": entry.get("reasons"),
                 "champion": [entry.get("champion_before"), entry.get("champion_after")],
                 "cpu_count": os.cpu_count(),
             },
