@@ -133,3 +133,22 @@ def test_full_repro_promotes_then_rejects_a_weak_model(project):
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == str(champion.version)
     challenger = client.get_model_version_by_alias(MODEL, "challenger")
     assert str(challenger.version) == str(second["version"])
+
+    _dvc_experiment_reruns_only_what_the_param_affects(root, env, dvc)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == str(champion.version)
+
+
+def _dvc_experiment_reruns_only_what_the_param_affects(root: Path, env, dvc: str) -> None:
+    """`dvc exp run -S evaluate.median_blur=5` on the committed state reruns evaluate and
+    register only, and `dvc exp show` / `dvc metrics diff` / `dvc plots diff` see the results."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], root, env)
+    _run([*git, "commit", "-qm", "weak model"], root, env)
+    out = _run([dvc, "exp", "run", "-S", "evaluate.median_blur=5", "--name", "blur5"], root, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"evaluate@capsules", "register@capsules"}, out
+    shown = json.loads(_run([dvc, "exp", "show", "--json"], root, env))
+    names = [exp.get("name") for baseline in shown for exp in baseline.get("experiments") or []]
+    assert "blur5" in names, shown
+    assert "image_auroc" in _run([dvc, "metrics", "diff", "HEAD", "--all"], root, env)
+    _run([dvc, "plots", "diff", "HEAD", "--json"], root, env)
