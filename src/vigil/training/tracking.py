@@ -7,6 +7,7 @@ nested sweep trials and threads cannot log into each other's runs.
 from __future__ import annotations
 
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, RunStatus
 
@@ -72,6 +74,9 @@ def log_params(client: MlflowClient, run_id: str, flat: dict[str, Any]) -> None:
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in chunk.items()])
 
 
+DATASET_LOG_ATTEMPTS = 4  # concurrent sweep workers: see log_dataset
+
+
 def log_dataset(client: MlflowClient, run_id: str, data: PreparedDataset) -> None:
     """The prepared dataset as an ``mlflow.data`` input; its digest is the manifest hash."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -83,7 +88,24 @@ def log_dataset(client: MlflowClient, run_id: str, data: PreparedDataset) -> Non
     meta = MetaDataset(source=source, name=f"prepared-{data.name}", digest=digest)
     entity = meta._to_mlflow_entity()
     tags = [InputTag("mlflow.data.context", "training")]
-    client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+    # Sweep workers in several processes log the same dataset at the same moment; the store
+    # checks for an existing row and then inserts, so one of them can lose the race with a
+    # unique-constraint error. On a retry the row exists and is linked instead.
+    for attempt in range(DATASET_LOG_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+            return
+        except MlflowException as error:
+            if attempt + 1 == DATASET_LOG_ATTEMPTS or not _lost_insert_race(error):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+
+def _lost_insert_race(error: Exception) -> bool:
+    """True for SQLite's and PostgreSQL's unique-constraint violations."""
+    text = str(error)
+    return "UNIQUE constraint failed" in text or "duplicate key value" in text
 
 
 def finish_run(client: MlflowClient, run_id: str, error: BaseException | None) -> None:
