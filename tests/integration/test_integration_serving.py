@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -184,6 +186,34 @@ def _png(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", image)[1].tobytes()
 
 
+@contextmanager
+def _served(args: list[str], env: dict[str, str]) -> Iterator[str]:
+    """`vigil <args>` in a subprocess, ready; yields its base URL and stops it afterwards.
+    ``args`` must contain ``--port``."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVING_MAIN, *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
+    try:
+        _wait_ready(process, url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _assert_serves_version_1(url: str, name: str, headers: dict[str, str] | None = None) -> None:
+    info = httpx.get(f"{url}/model").json()
+    assert info["name"] == name and info["version"] == "1" and info["alias"] == "champion"
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    answer = httpx.post(f"{url}/score", content=_png(image), headers=headers, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model_version"] == "1"
+
+
 def test_docker_default_command_serves_the_champion_outside_docker(mlflow_store, tmp_path):
     name = "vigil-tiny-image"
     _register_tiny_image_model(tmp_path, name)
@@ -199,26 +229,8 @@ def test_docker_default_command_serves_the_champion_outside_docker(mlflow_store,
         "VIGIL_MODEL_NAME": name,
         "VIGIL_API_TOKEN": "tok",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVING_MAIN, "serve", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(process, url)
-        info = httpx.get(f"{url}/model").json()
-        assert info["name"] == name and info["version"] == "1" and info["alias"] == "champion"
-        image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
-        answer = httpx.post(
-            f"{url}/score", content=_png(image), headers={"Authorization": "Bearer tok"}, timeout=30
-        )
-        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
-    finally:
-        process.terminate()
-        process.wait(30)
+    with _served(["serve", *args], env) as url:
+        _assert_serves_version_1(url, name, headers={"Authorization": "Bearer tok"})
 
 
 def test_serve_score_log_feeds_the_drift_trigger(mlflow_store, tmp_path):
@@ -297,24 +309,8 @@ def test_serve_model_dir_loads_the_current_pulled_version(mlflow_store, tmp_path
     assert os.readlink(dest / "current") == "versions/1"
     port = _free_port()
     serve = ["serve", "--model-dir", str(dest), "--no-follow", "--port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVING_MAIN, *serve],
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_store},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(process, url)
-        info = httpx.get(f"{url}/model").json()
-        assert info["name"] == name and info["version"] == "1" and info["alias"] == "champion"
-        image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
-        answer = httpx.post(f"{url}/score", content=_png(image), timeout=30)
-        assert answer.status_code == 200 and answer.json()["model_version"] == "1"
-    finally:
-        process.terminate()
-        process.wait(30)
+    with _served(serve, {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}) as url:
+        _assert_serves_version_1(url, name)
 
 
 def test_mlflow_models_serve_answers_with_the_same_scores(mlflow_store, tmp_path):
