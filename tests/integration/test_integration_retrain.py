@@ -184,3 +184,25 @@ def test_full_pipeline_story(tmp_path: Path, mlflow_store: str) -> None:
     assert read_records(root) == [record]
     assert len(client.search_model_versions(f"name='{name}'")) == versions
     assert _champion(name) == expected
+
+    # a training crash inside vigil's real pipeline: new data arrives while the configured model
+    # is too deep for the 16x16 frames; the cycle fails, the record says where, the champion
+    # and the registry stay as they were, and the next cycle retries the same data
+    for i, path in enumerate(good[6:8]):
+        write_png(inbox / f"later{i}.png", cv2.flip(cv2.imread(str(path)), 0))
+    sound = (root / "params.yaml").read_text()
+    broken = yaml.safe_load(sound)
+    broken["model"]["image"]["depth"] = 6  # needs 64x64 frames
+    (root / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+    failed = run_cycle(root, echo=lambda _: None)
+    assert failed["status"] == "failed" and failed["error"]["step"] == "repro", failed
+    assert "too small for depth 6" in failed["error"]["tail"]
+    failed_entry = failed["datasets"]["capsules"]
+    assert failed_entry["ingested"] == 2  # versioned, not lost
+    assert len(list((root / "data/extra/capsules").glob("*.png"))) == 5
+    assert len(client.search_model_versions(f"name='{name}'")) == versions
+    assert _champion(name) == expected
+    (root / "params.yaml").write_text(sound)
+    retried = run_cycle(root, echo=lambda _: None)
+    assert retried["status"] == "retrained" and retried["trigger"] == ["new_data"], retried
+    assert retried["datasets"]["capsules"]["ingested"] == 0
