@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sqlite3
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -78,3 +80,12 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real dataset {path} is absent (it lives beside the repo, never in it)")
     return path
+
+
+def load_pipeline(name: str) -> ModuleType:
+    """``pipelines/<name>.py`` as a fresh module: the stage entries are scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", REPO_ROOT / "pipelines" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,7 +7,6 @@ train.json) -> pipelines/evaluate.py: metrics.json, plot CSVs, report, threshold
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_pipeline
 
 PARAMS = {
     "data": {"datasets": {
@@ -38,14 +37,6 @@ PARAMS = {
               "log_images_every_n_epochs": 50},
     "evaluate": {"n_report_examples": 3},
 }
-
-
-def load_entry(name: str):
-    spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO_ROOT / "pipelines" /
-                                                  f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,7 @@ def project(_mlflow_template, tmp_path_factory):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
                 mp.chdir(root)
-                assert load_entry("train").main(["--dataset", name]) == 0
+                assert load_pipeline("train").main(["--dataset", name]) == 0
             trained.add(name)
         return root
 
@@ -102,7 +93,7 @@ def training_run(project: Path, name: str):
 def test_evaluate_cli_writes_metrics_plots_report_threshold_and_logs_to_the_run(
     in_project, capsys
 ):
-    assert load_entry("evaluate").main(["--dataset", "caps"]) == 0
+    assert load_pipeline("evaluate").main(["--dataset", "caps"]) == 0
     stdout = capsys.readouterr().out
     assert "evaluate caps: image AUROC" in stdout and "report:" in stdout
 
@@ -143,7 +134,7 @@ def test_evaluate_cli_writes_metrics_plots_report_threshold_and_logs_to_the_run(
 
 def test_evaluate_video_scores_clips_with_events_and_a_timeline(in_project, project):
     project("melt")
-    evaluate = load_entry("evaluate")
+    evaluate = load_pipeline("evaluate")
     assert evaluate.main(["--dataset", "melt"]) == 0
     out = in_project / "reports/melt"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -167,7 +158,7 @@ def test_a_test_split_with_one_class_is_a_clear_error(in_project, capsys):
         if item["split"] == "test":
             item["label"], item["defect"] = 0, "good"
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    evaluate = load_entry("evaluate")
+    evaluate = load_pipeline("evaluate")
     code = evaluate.main(["--dataset", "caps", "--data-dir", str(bad), "--out",
                           str(in_project / "reports/bad"), "--no-mlflow"])
     assert code == 2

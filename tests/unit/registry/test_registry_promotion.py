@@ -11,6 +11,7 @@ import torch
 
 from vigil.config import EvaluateConfig, GateConfig, ImageModelConfig, ImagePrep
 from vigil.registry import package as pkg
+from tests.conftest import load_pipeline
 from vigil.registry import promotion as pro
 
 PREP = ImagePrep(size=(32, 32), channels=1)
@@ -170,16 +171,6 @@ def test_tampered_package_is_never_champion(client, tmp_path):
     assert pro.alias_version(client, NAME, pro.CHALLENGER) is None
 
 
-def load_register_stage():
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[3] / "pipelines" / "register.py"
-    spec = importlib.util.spec_from_file_location("register_stage", script)
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    return stage
-
-
 def write_stage_inputs(root: Path, seed: int, metrics: dict, data_hash: str = "h1") -> str:
     """params.yaml, a trained tiny model with threshold.json and train.json, metrics.json;
     returns the training run id."""
@@ -209,7 +200,7 @@ def write_stage_inputs(root: Path, seed: int, metrics: dict, data_hash: str = "h
 
 def test_register_stage_gates_and_writes_decision(client, tmp_path, capsys):
     """pipelines/register.py end to end on a real store: pass, then a rejected weak model (exit 0)."""
-    stage = load_register_stage()
+    stage = load_pipeline("register")
     for seed, metrics in ((0, GOOD), (1, WEAK)):
         run_id = write_stage_inputs(tmp_path, seed, {**metrics, "test_split_hash": "t1"})
         assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
@@ -263,7 +254,7 @@ def test_register_stage_turns_registry_errors_into_exit_1(
     from mlflow.exceptions import MlflowException
     from requests.exceptions import ConnectionError as RequestsConnectionError
 
-    stage = load_register_stage()
+    stage = load_pipeline("register")
     write_stage_inputs(tmp_path, 0, GOOD)
     assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
     capsys.readouterr()

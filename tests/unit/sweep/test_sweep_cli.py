@@ -3,7 +3,6 @@ naming the problem and exit status 2, never a traceback (run in-process)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,14 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_sweep_objective import make_images
 from test_sweep_study import tiny_params
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import load_pipeline
 
-
-def _pipeline():
-    spec = importlib.util.spec_from_file_location("sweep_pipeline", REPO / "pipelines" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(tmp_path: Path, capsys, **sweep) -> tuple[int, str]:
@@ -29,7 +22,7 @@ def _run(tmp_path: Path, capsys, **sweep) -> tuple[int, str]:
     make_images(tmp_path / "data" / "prepared" / "tinysweep")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params(tmp_path, **sweep).model_dump(mode="json")))
-    code = _pipeline().main(["--dataset", "tinysweep", "--params", str(params)])
+    code = load_pipeline("sweep").main(["--dataset", "tinysweep", "--params", str(params)])
     return code, capsys.readouterr().err
 
 
@@ -69,6 +62,6 @@ def test_no_completed_trial(mlflow_store, tmp_path, capsys):
 
 @pytest.mark.parametrize("workers", ["0", "-1"])
 def test_bad_worker_count(tmp_path, capsys, workers):
-    code = _pipeline().main(["--dataset", "tinysweep", "--workers", workers])
+    code = load_pipeline("sweep").main(["--dataset", "tinysweep", "--workers", workers])
     assert code == 2
     assert f"--workers must be >= 1, got {workers}" in _one_error_line(capsys.readouterr().err)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,8 @@ import pytest
 import yaml
 from conftest import tiny_params
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.conftest import load_pipeline
 
-
-def _load_pipeline():
-    spec = importlib.util.spec_from_file_location("train_pipeline", REPO / "pipelines" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _write_params(tmp_path: Path) -> Path:
@@ -27,7 +20,7 @@ def _write_params(tmp_path: Path) -> Path:
 
 
 def test_train_stage_uses_best_config_and_writes_its_outputs(mlflow_store, image_dataset, tmp_path):
-    train = _load_pipeline()
+    train = load_pipeline("train")
     params = _write_params(tmp_path)
     out = tmp_path / "models" / "tiny"
     out.mkdir(parents=True)
@@ -45,7 +38,7 @@ def test_train_stage_uses_best_config_and_writes_its_outputs(mlflow_store, image
 
 
 def test_train_stage_reports_bad_inputs_with_exit_code_2(mlflow_store, tmp_path, capsys):
-    train = _load_pipeline()
+    train = load_pipeline("train")
     params = _write_params(tmp_path)
     code = train.main(["--dataset", "tiny", "--params", str(params),
                        "--data", str(tmp_path / "nowhere")])
@@ -70,7 +63,7 @@ def test_train_stage_reports_an_unreachable_tracking_store(
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    code = _load_pipeline().main(["--dataset", "tiny", "--params", str(_write_params(tmp_path)),
+    code = load_pipeline("train").main(["--dataset", "tiny", "--params", str(_write_params(tmp_path)),
                                   "--out", str(tmp_path / "out"), "--data", str(image_dataset)])
     assert code == 2
     assert "http://127.0.0.1:9" in _one_error_line(capsys.readouterr().err)
@@ -86,7 +79,7 @@ def test_train_stage_reports_a_lightning_misconfiguration(
         pytest.skip("this machine has a GPU: accelerator=gpu is not a misconfiguration here")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params(accelerator="gpu").model_dump(mode="json")))
-    code = _load_pipeline().main(["--dataset", "tiny", "--params", str(params),
+    code = load_pipeline("train").main(["--dataset", "tiny", "--params", str(params),
                                   "--out", str(tmp_path / "out"), "--data", str(image_dataset)])
     assert code == 2
     line = _one_error_line(capsys.readouterr().err)
