@@ -16,6 +16,7 @@ Normalization to the model's input space happens last, in ``to_tensor``.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"IEND"
+_TIFF_SAMPLES_PER_PIXEL = 277
+_TIFF_EXTRA_SAMPLES = 338  # 1, 2: the extra channel is alpha
 
 
 class ImageDecodeError(ValueError):
@@ -49,7 +52,8 @@ def decode_image(data: bytes | Path | str, name: str | None = None) -> np.ndarra
 
     Raises ``ImageDecodeError`` naming ``name`` (default: the path) for a missing or empty file,
     non-image bytes, a truncated JPEG/PNG, or an unsupported channel count (only 1, 3 and 4 =
-    BGRA, whose alpha is dropped, are accepted).
+    BGRA, whose alpha is dropped, are accepted; a TIFF's count is read from its header, since
+    OpenCV only says "cannot decode" for more than 4 channels and reads 2 as gray).
     """
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -62,6 +66,12 @@ def decode_image(data: bytes | Path | str, name: str | None = None) -> np.ndarra
     if len(data) == 0:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     _check_not_truncated(data, name)
+    channels = _unsupported_tiff_channels(data)
+    if channels is not None:
+        raise ImageDecodeError(
+            f"{name}: unsupported channel count {channels} (TIFF); expected 1, 3 or 4 "
+            "(2 only as gray + alpha)"
+        )
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageDecodeError(f"{name}: not a decodable image ({len(data)} bytes)")
@@ -75,6 +85,42 @@ def _check_not_truncated(data: bytes, name: str) -> None:
         raise ImageDecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
     if data.startswith(_PNG_SIGNATURE) and _PNG_IEND not in tail:
         raise ImageDecodeError(f"{name}: truncated PNG (no IEND chunk)")
+
+
+def _unsupported_tiff_channels(data: bytes) -> int | None:
+    """The channel count of a TIFF vigil cannot use, or None (not a TIFF, or fine).
+
+    OpenCV refuses TIFFs of more than 4 channels with only "cannot decode" and reads a
+    2-channel one as gray whatever its second channel is; PIL cannot open either. Reading the
+    header lets the answer name the count. 2 channels pass only as gray + alpha (ExtraSamples
+    1 or 2). Other formats OpenCV reads hold 1 to 4 channels, handled by ``decode_image``.
+    """
+    tags = _tiff_tags(data)
+    channels = tags.get(_TIFF_SAMPLES_PER_PIXEL)
+    if channels is None or channels in (1, 3, 4):
+        return None
+    if channels == 2 and tags.get(_TIFF_EXTRA_SAMPLES) in (1, 2):
+        return None
+    return channels
+
+
+def _tiff_tags(data: bytes) -> dict[int, int]:
+    """tag -> value of the one-valued SHORT/LONG entries of a TIFF's first image; {} when
+    ``data`` is not a TIFF."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    if order is None or len(data) < 8:
+        return {}
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    if offset + 2 > len(data):
+        return {}
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    tags = {}
+    for start in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind, n = struct.unpack(order + "HHI", data[start : start + 8])
+        if n == 1 and kind in (3, 4):  # SHORT or LONG, left-justified in the value field
+            fmt = order + ("H" if kind == 3 else "I")
+            tags[tag] = struct.unpack(fmt, data[start + 8 : start + 8 + struct.calcsize(fmt)])[0]
+    return tags
 
 
 def _to_uint8_gray_or_bgr(image: np.ndarray, name: str) -> np.ndarray:

@@ -37,7 +37,6 @@ import hmac
 import logging
 import math
 import os
-import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +59,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "VIGIL_API_TOKEN"
 RAW_TYPES = ("image/", "application/octet-stream")
-_TIFF_SAMPLES_PER_PIXEL = 277
-_TIFF_EXTRA_SAMPLES = 338  # 1, 2: the extra channel is alpha
 
 _IMAGE_BODY = {
     "requestBody": {
@@ -331,14 +328,11 @@ def _decode(data: bytes, name: str, max_side: int, model_channels: int) -> np.nd
     if not data:
         raise InputError(422, f"{name}: empty image (0 bytes)")
     _check_header_size(data, name, max_side)
-    channels = _unsupported_tiff_channels(data)
-    if channels is not None:
-        raise InputError(422, _channel_message(name, channels, model_channels))
     try:
         image = decode_image(data, name)
     except ImageDecodeError as error:
         message = str(error)
-        if "channel count" in message:  # decoded, but with a count decode_image refuses
+        if "channel count" in message:  # a count decode_image refuses: say what to send
             message = f"{message}; {_model_takes(model_channels)}"
         raise InputError(422, message) from None
     height, width = image.shape[:2]
@@ -350,10 +344,6 @@ def _decode(data: bytes, name: str, max_side: int, model_channels: int) -> np.nd
     return image
 
 
-def _channel_message(name: str, channels: int, model_channels: int) -> str:
-    return f"{name}: unsupported channel count {channels}; {_model_takes(model_channels)}"
-
-
 def _model_takes(model_channels: int) -> str:
     """What the model expects, and which images the service converts to it."""
     kind = "gray" if model_channels == 1 else "RGB"
@@ -361,42 +351,6 @@ def _model_takes(model_channels: int) -> str:
         f"the model takes {model_channels}-channel ({kind}) images: send 1 (gray), 2 (gray + "
         "alpha), 3 (color) or 4 (color + alpha) channels; alpha is dropped"
     )
-
-
-def _unsupported_tiff_channels(data: bytes) -> int | None:
-    """The channel count of a TIFF the service cannot score, or None (not a TIFF, or fine).
-
-    OpenCV refuses TIFFs of more than 4 channels with only "cannot decode" and reads a
-    2-channel one as gray whatever its second channel is; PIL cannot open either. Reading the
-    header lets the answer name the count. 2 channels pass only as gray + alpha (ExtraSamples
-    1 or 2). Other formats OpenCV reads hold 1 to 4 channels, handled by ``decode_image``.
-    """
-    tags = _tiff_tags(data)
-    channels = tags.get(_TIFF_SAMPLES_PER_PIXEL)
-    if channels is None or channels in (1, 3, 4):
-        return None
-    if channels == 2 and tags.get(_TIFF_EXTRA_SAMPLES) in (1, 2):
-        return None
-    return channels
-
-
-def _tiff_tags(data: bytes) -> dict[int, int]:
-    """tag -> value of the one-valued SHORT/LONG entries of a TIFF's first image; {} when
-    ``data`` is not a TIFF."""
-    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
-    if order is None or len(data) < 8:
-        return {}
-    (offset,) = struct.unpack(order + "I", data[4:8])
-    if offset + 2 > len(data):
-        return {}
-    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
-    tags = {}
-    for start in range(offset + 2, min(offset + 2 + 12 * count, len(data) - 11), 12):
-        tag, kind, n = struct.unpack(order + "HHI", data[start : start + 8])
-        if n == 1 and kind in (3, 4):  # SHORT or LONG, left-justified in the value field
-            fmt = order + ("H" if kind == 3 else "I")
-            tags[tag] = struct.unpack(fmt, data[start + 8 : start + 8 + struct.calcsize(fmt)])[0]
-    return tags
 
 
 def _check_header_size(data: bytes, name: str, max_side: int) -> None:
