@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -89,3 +93,33 @@ def load_pipeline(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ok(
+    url: str,
+    process: subprocess.Popen,
+    output: Callable[[], str] = lambda: "",
+    timeout: float = 120.0,
+) -> None:
+    """Poll ``url`` until it answers 200; fail with ``output()`` (the server's log) if
+    ``process`` exits first or the time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{output()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{url} not OK after {timeout} s:\n{output()[-3000:]}")

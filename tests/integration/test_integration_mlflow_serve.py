@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +13,7 @@ import mlflow
 import numpy as np
 import torch
 
+from tests.conftest import free_port, wait_until_ok
 from vigil.config import EvaluateConfig, GateConfig, ImageModelConfig, ImagePrep
 from vigil.registry import package as pkg
 from vigil.registry import promotion as pro
@@ -35,25 +34,8 @@ def raw_images(n: int) -> list[bytes]:
     return [pkg.encode_png(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            output = proc.stdout.read().decode(errors="replace")[-3000:] if proc.stdout else ""
-            raise AssertionError(f"mlflow models serve exited with {proc.returncode}:\n{output}")
-        try:
-            if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not healthy after {timeout_s} s")
 
 
 def test_mlflow_models_serve_champion_gives_in_process_scores(mlflow_store, tmp_path):
@@ -109,7 +91,10 @@ def test_mlflow_models_serve_champion_gives_in_process_scores(mlflow_store, tmp_
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc)
+        wait_until_ok(
+            f"{url}/ping", proc,
+            lambda: proc.stdout.read().decode(errors="replace") if proc.stdout else "",
+        )
         answer = httpx.post(
             f"{url}/invocations",
             json=pkg.invocation_payload(images, return_heatmap=True),

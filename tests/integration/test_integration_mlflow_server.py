@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import mlflow.tracking.fluent as fluent
 import numpy as np
 import pytest
 
+from tests.conftest import free_port, wait_until_ok
 from vigil.config import Params, parse_params
 from vigil.data.prepared import write_prepared
 from vigil.registry.tracking import TrackingError
@@ -34,30 +34,8 @@ MLFLOW = Path(sys.executable).parent / "mlflow"
 START_TIMEOUT_S = 60.0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    """Poll ``<url>/health`` until it answers 200; fail with the server log if it exits."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(
-        f"{url}/health not OK after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
-    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -92,7 +70,7 @@ def mlflow_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log)
+        wait_until_ok(f"{url}/health", proc, log.read_text, timeout=START_TIMEOUT_S)
         yield url, artifacts
     finally:
         stop(proc)

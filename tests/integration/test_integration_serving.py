@@ -9,10 +9,8 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import free_port, wait_until_ok
 from vigil.config import (
     EvaluateConfig,
     ImageModelConfig,
@@ -37,10 +36,6 @@ SERVING_MAIN = "import sys; from vigil.serving.cli import main; sys.exit(main())
 POSTPROCESS = EvaluateConfig(median_blur=3, smoothing_window=3, score="topk_mean")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _train_predictor(clips: np.ndarray, prep: VideoPrep, steps: int) -> torch.nn.Module:
@@ -168,18 +163,6 @@ def _docker_cmd() -> list[str]:
     return json.loads(match.group(1))
 
 
-def _wait_ready(process: subprocess.Popen, url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"service exited: {process.stderr.read().decode()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError("service did not become ready")
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -199,7 +182,7 @@ def _served(args: list[str], env: dict[str, str]) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{args[args.index('--port') + 1]}"
     try:
-        _wait_ready(process, url)
+        wait_until_ok(f"{url}/ready", process, lambda: process.stderr.read().decode())
         yield url
     finally:
         process.terminate()
@@ -219,7 +202,7 @@ def test_docker_default_command_serves_the_champion_outside_docker(mlflow_store,
     _register_tiny_image_model(tmp_path, name)
     cmd = _docker_cmd()
     assert cmd[:2] == ["vigil", "serve"]
-    port = _free_port()
+    port = free_port()
     args = [a for a in cmd[2:]]
     args[args.index("--port") + 1] = str(port)
     args[args.index("--host") + 1] = "127.0.0.1"
@@ -243,7 +226,7 @@ def test_serve_score_log_feeds_the_drift_trigger(mlflow_store, tmp_path):
 
     name = "vigil-tiny-image"
     _register_tiny_image_model(tmp_path, name)
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "logs" / "scores.jsonl"
     serve = ["serve", "--model-uri", f"models:/{name}@champion", "--no-follow", "--port", str(port)]
     process = subprocess.Popen(
@@ -257,7 +240,7 @@ def test_serve_score_log_feeds_the_drift_trigger(mlflow_store, tmp_path):
     rng = np.random.default_rng(1)
     images = [_png(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(20)]
     try:
-        _wait_ready(process, url)
+        wait_until_ok(f"{url}/ready", process, lambda: process.stderr.read().decode())
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda data: client.post("/score", content=data), images))
     finally:
@@ -279,7 +262,7 @@ def test_a_model_that_cannot_be_pulled_is_a_startup_error(mlflow_store, monkeypa
     from vigil.serving.cli import main
 
     monkeypatch.setenv("VIGIL_MODEL_NAME", "no-such-model")
-    assert main(["serve", "--port", str(_free_port())]) == 1
+    assert main(["serve", "--port", str(free_port())]) == 1
     assert "cannot load model models:/no-such-model@champion" in capsys.readouterr().err
 
 
@@ -307,7 +290,7 @@ def test_serve_model_dir_loads_the_current_pulled_version(mlflow_store, tmp_path
     assert main(["pull", "--model", name, "--dest", str(dest)]) == 0
     capsys.readouterr()
     assert os.readlink(dest / "current") == "versions/1"
-    port = _free_port()
+    port = free_port()
     serve = ["serve", "--model-dir", str(dest), "--no-follow", "--port", str(port)]
     with _served(serve, {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}) as url:
         _assert_serves_version_1(url, name)
@@ -324,7 +307,7 @@ def test_mlflow_models_serve_answers_with_the_same_scores(mlflow_store, tmp_path
         np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) for i in range(3)
     ]
     expected = [r.score for r in scorer.score_images(images)]
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = (
         f"{mlflow_bin} models serve -m models:/{name}@champion --env-manager local "
@@ -340,16 +323,9 @@ def test_mlflow_models_serve_answers_with_the_same_scores(mlflow_store, tmp_path
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stderr.read().decode()[-3000:]
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not start"
-            time.sleep(0.5)
+        wait_until_ok(
+            f"{url}/ping", process, lambda: process.stderr.read().decode(), timeout=180
+        )
         response = httpx.post(
             f"{url}/invocations", json=invocation_payload([_png(i) for i in images]), timeout=60
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import free_port
 from vigil.config import EvaluateConfig, ImageModelConfig, ImagePrep, VideoModelConfig, VideoPrep
 
 IMAGE_PREP = ImagePrep(size=(32, 32), channels=3)
@@ -105,12 +105,6 @@ def sample_images(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
         image[y : y + 12, x : x + 12] = 230
         images.append(image)
     return images
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LiveServer:
