@@ -123,3 +123,20 @@ def wait_until_ok(
             pass
         time.sleep(0.25)
     raise AssertionError(f"{url} not OK after {timeout} s:\n{output()[-3000:]}")
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid-looking gray PNG whose header claims ``width`` x ``height`` but which holds one
+    row of pixel data: a few hundred bytes that would cost width x height bytes to decode."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    row = zlib.compress(b"\x00" * (width + 1), 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+    )

@@ -17,7 +17,9 @@ A new version is downloaded and verified in a temporary sibling folder, moved un
 atomic): a reader that resolves ``current`` once (``resolve_model_dir``) sees the old complete
 version or the new one, never a missing or half-written folder. The version a swap replaces is
 kept until the next swap (a reader may still be loading it), older ones are deleted: at most two
-versions are on disk. ``deploy/model`` itself still loads as a plain folder (``manifest.json`` and
+versions are on disk, and only folders vigil created are deleted: each version folder it installs
+holds a ``.vigil-version`` marker, and anything else under ``versions/`` (a folder a person put
+there, an install of an older vigil without the marker) is left alone. ``deploy/model`` itself still loads as a plain folder (``manifest.json`` and
 ``package`` at its top, through ``current``), so ``vigil serve --model-dir deploy/model`` and
 ``load_scorer("deploy/model")`` work unchanged. A package whose checksum does not match is
 refused and nothing is replaced. Pulling the version already installed is a no-op.
@@ -48,6 +50,7 @@ MANIFEST_FILE = "manifest.json"
 PACKAGE_DIR = "package"
 VERSIONS_DIR = "versions"
 CURRENT_LINK = "current"
+VERSION_MARKER = ".vigil-version"  # in every version folder vigil installs: only those are deleted
 
 
 class PullError(RuntimeError):
@@ -322,6 +325,7 @@ def _install_version(version_dir: Path, dest: Path, version: str) -> None:
     versions.mkdir(parents=True, exist_ok=True)
     replaced = _current_name(dest)
     target = _free_name(versions, version)
+    (version_dir / VERSION_MARKER).write_text(json.dumps({"version": version}) + "\n")
     shutil.move(str(version_dir), target)  # a rename on one filesystem
     _atomic_symlink(f"{CURRENT_LINK}/{MANIFEST_FILE}", dest / MANIFEST_FILE)
     _atomic_symlink(f"{CURRENT_LINK}/{PACKAGE_DIR}", dest / PACKAGE_DIR)
@@ -360,7 +364,12 @@ def _atomic_symlink(target: str, link: Path) -> None:
 
 
 def _remove_versions(versions: Path, keep: set[str | None]) -> None:
-    """Delete every version folder whose name is not in ``keep``."""
+    """Delete every version folder vigil installed (it holds ``VERSION_MARKER``) whose name is
+    not in ``keep``; anything else under ``versions/`` is not vigil's to delete."""
     for entry in versions.iterdir():
-        if entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.name in keep:
+            continue
+        if entry.is_symlink() or not (entry / VERSION_MARKER).is_file():
+            log.warning("%s: not installed by vigil (no %s): left in place", entry, VERSION_MARKER)
+            continue
+        shutil.rmtree(entry, ignore_errors=True)

@@ -177,3 +177,24 @@ def test_pulled_package_scores_as_the_mlflow_pyfunc_does(image_registry, tmp_pat
     )
     assert list(theirs["score"]) == pytest.approx([r.score for r in ours], rel=1e-6)
     assert list(theirs["is_anomaly"]) == [r.is_anomaly for r in ours]
+
+
+def test_pull_deletes_only_version_folders_it_created(image_registry, tmp_path):
+    """Issue 15: `vigil pull --dest d` deleted every folder under d/versions/, also ones a
+    person put there; now only folders holding vigil's marker are candidates for deletion."""
+    from vigil.serving.pull import VERSION_MARKER
+
+    name, _ = image_registry
+    dest = tmp_path / "deploy" / "model"
+    pull(name, "champion", dest)
+    assert (dest / VERSIONS_DIR / "1" / VERSION_MARKER).is_file()
+    mine = dest / VERSIONS_DIR / "0-backup"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept by hand")
+    (dest / VERSIONS_DIR / "README").write_text("a file, not a version")
+    for seed in (1, 2):
+        register(name, make_model_dir(tmp_path / f"train{seed}", "image", seed=seed))
+        pull(name, "champion", dest)
+    names = sorted(p.name for p in (dest / VERSIONS_DIR).iterdir())
+    assert names == ["0-backup", "2", "3", "README"]  # vigil's version 1 went, the rest stayed
+    assert (mine / "notes.txt").read_text() == "kept by hand"
