@@ -20,6 +20,9 @@ Layouts (the built-in generators write the same ones):
 from __future__ import annotations
 
 import csv
+import errno
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LABELS_FILE = "frame_labels.csv"
 GOOD = "good"
 
+
+log = logging.getLogger(__name__)
 
 EXTRA_PREFIX = "extra"  # origin prefix of items ingested into data/extra/<dataset>
 
@@ -100,12 +105,26 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``; a symbolic link that loops (``a -> b -> a``) is neither a file
+    nor a folder and would be skipped without a word: it is named in a warning instead."""
+    entries = list(folder.iterdir())
+    for path in entries:
+        if path.is_symlink():
+            try:
+                path.stat()
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    log.warning("%s: symbolic link loop (-> %s); skipped", path, os.readlink(path))
+    return entries
+
+
 def _list_files(
     folder: Path, extensions: tuple[str, ...], root: Path
 ) -> tuple[list[Path], list[str]]:
     """(matching files in natural order, other non-hidden files relative to root)."""
     files, ignored = [], []
-    for path in sorted(folder.iterdir(), key=natural_key):
+    for path in sorted(_entries(folder), key=natural_key):
         if path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix.lower() in extensions:
@@ -142,7 +161,7 @@ def scan_images(root: Path | str, extra_dir: Path | None = None) -> ImageSource:
     records += [
         ImageRecord(p, p.relative_to(root).as_posix(), "train", 0, GOOD, None) for p in files
     ]
-    defect_dirs = sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    defect_dirs = sorted(p for p in _entries(test_dir) if p.is_dir() and not p.name.startswith("."))
     if not defect_dirs:
         raise IngestError(f"{test_dir}: no test/<defect|good> folders")
     for folder in defect_dirs:
@@ -208,7 +227,7 @@ def _scan_clip_folder(
         )
     frames_root = folder / "frames"
     if frames_root.is_dir():
-        for clip_dir in sorted((p for p in frames_root.iterdir() if p.is_dir()), key=natural_key):
+        for clip_dir in sorted((p for p in _entries(frames_root) if p.is_dir()), key=natural_key):
             files, skipped = _list_files(clip_dir, IMAGE_EXTENSIONS, root)
             ignored += skipped
             if not files:

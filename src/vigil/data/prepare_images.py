@@ -74,7 +74,9 @@ def prepare_images(
     zero_mask = np.zeros(prep.size, dtype=np.uint8)
 
     def load(record: ImageRecord) -> Loaded:
-        return load_file(record.path, record.origin, record.mask_path, prep, reference)
+        return load_file(
+            record.path, record.origin, record.mask_path, prep, reference, cfg.max_image_pixels
+        )
 
     with progress_bar(len(source.records), f"prepare {name}", progress) as bar:
         for record, split, loaded in zip(

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from vigil.config import ImagePrep
 from vigil.data.preprocess import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     ImageDecodeError,
     PreprocessError,
     decode_image,
@@ -69,18 +70,24 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
 
 
 def load_file(
-    path: Path, origin: str, mask_file: Path | None, prep: ImagePrep, reference: np.ndarray | None
+    path: Path,
+    origin: str,
+    mask_file: Path | None,
+    prep: ImagePrep,
+    reference: np.ndarray | None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Loaded:
-    """Read, hash, decode and preprocess one image file (and its mask)."""
+    """Read, hash, decode and preprocess one image file (and its mask); an image or mask over
+    ``max_pixels`` decoded pixels (``prepare.max_image_pixels``) is a bad file, refused unread."""
     try:
         data = path.read_bytes()
     except OSError as error:
         return Loaded(error=f"{origin}: cannot read file ({error.strerror})")
     try:
-        image = decode_image(data, origin)
+        image = decode_image(data, origin, max_pixels)
         mask = None
         if mask_file is not None:
-            mask = decode_mask(mask_file, f"{origin} mask {mask_file.name}")
+            mask = decode_mask(mask_file, f"{origin} mask {mask_file.name}", max_pixels)
         frame, mask = preprocess_with_mask(image, mask, prep, reference)
     except ItemError as error:
         text = str(error)

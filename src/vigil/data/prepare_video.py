@@ -182,7 +182,7 @@ def prepare_video(
 
     def load(ref: _FrameRef) -> Loaded:
         mask_file = mask_path(ref.clip, ref.index_1based) if ref.clip.part == "test" else None
-        return load_file(ref.path, ref.origin, mask_file, prep, reference)
+        return load_file(ref.path, ref.origin, mask_file, prep, reference, cfg.max_image_pixels)
 
     unknown_fps = [c.origin for c in clips if c.source_fps is None]
     if prep.fps is not None and unknown_fps:
