@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         result = prepare_dataset(
             args.dataset,
             spec,
-            params.prepare,
+            params.for_dataset(args.dataset).prepare,
             out,
             base_dir=args.params.resolve().parent,
             workers=args.workers,

@@ -5,7 +5,7 @@
         [--data data/prepared/capsules]
 
 If the best-config file (written by the sweep stage) exists and has a `model` mapping, it
-replaces the params' model section for this dataset's modality. Writes `<out>/model.json`,
+replaces the knobs of the dataset's model family (`model.<family>`). Writes `<out>/model.json`,
 `<out>/weights.safetensors` and `<out>/train.json` (run id, objective, epochs), each atomically.
 Checkpoints go to `<out>/checkpoints/`; rerunning after an interruption resumes from them.
 Exit status 2 with a message for bad params, data or tracking store; 1 if training diverged.
@@ -19,10 +19,10 @@ import logging
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from vigil.atomic import atomic_write_json
-from vigil.config import ConfigError, ImageModelConfig, Params, VideoModelConfig, load_params
+from vigil.config import ConfigError, Params, load_params
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,10 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def best_model_config(
-    path: Path, modality: str
-) -> ImageModelConfig | VideoModelConfig | None:
-    """The sweep's chosen model config, or None when the file or its `model` key is absent."""
+def best_model_config(path: Path, family: str) -> BaseModel | None:
+    """The sweep's chosen knobs for ``family``, or None when the file or its `model` key is
+    absent."""
+    from vigil.models.registry import get_family
+
     if not path.is_file():
         return None
     try:
@@ -48,19 +49,25 @@ def best_model_config(
     model = raw.get("model") if isinstance(raw, dict) else None
     if model is None:
         return None
-    cls = ImageModelConfig if modality == "image" else VideoModelConfig
+    chosen = raw.get("family", family)
+    if chosen != family:
+        raise ConfigError(
+            f"{path}: the sweep chose knobs for model family {chosen!r}, but the params use "
+            f"{family!r}; rerun the sweep (`dvc repro sweep@<dataset>`)"
+        )
     try:
-        return cls.model_validate(model)
+        return get_family(family).config.model_validate(model)
     except ValidationError as error:
-        raise ConfigError(f"{path}: invalid 'model' for a {modality} dataset: {error}") from None
+        raise ConfigError(f"{path}: invalid 'model' for family {family!r}: {error}") from None
 
 
 def run(args: argparse.Namespace, params: Params) -> dict:
     from vigil.training import fit
 
     spec = params.dataset(args.dataset)
+    family = params.for_dataset(args.dataset).model.family_name(spec.modality)
     out = args.out or Path("models") / args.dataset
-    best = best_model_config(args.best_config or out / "best_config.json", spec.modality)
+    best = best_model_config(args.best_config or out / "best_config.json", family)
     data = args.data or Path("data/prepared") / args.dataset
     result = fit(params, data, out, model_cfg=best, run_name=f"train-{args.dataset}")
     summary = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -52,6 +53,22 @@ def _check_roi(value: tuple[int, int, int, int] | None) -> tuple[int, int, int, 
 #: Optional region of interest ``(x, y, w, h)`` in pixels; the same rules wherever one is set.
 Roi = Annotated[tuple[int, int, int, int] | None, AfterValidator(_check_roi)]
 
+MIN_FRAME_SIDE, MAX_FRAME_SIDE = 4, 8192
+
+
+def _check_frame_size(value: tuple[int, int]) -> tuple[int, int]:
+    """A resize target (height, width): both sides in [MIN_FRAME_SIDE, MAX_FRAME_SIDE]."""
+    if not all(MIN_FRAME_SIDE <= side <= MAX_FRAME_SIDE for side in value):
+        raise ValueError(
+            f"size (height, width): each side must be between {MIN_FRAME_SIDE} "
+            f"and {MAX_FRAME_SIDE} pixels"
+        )
+    return value
+
+
+#: A frame size ``(height, width)`` after resize, range-checked.
+FrameSize = Annotated[tuple[int, int], AfterValidator(_check_frame_size)]
+
 
 # --- data -----------------------------------------------------------------------------------
 
@@ -67,6 +84,13 @@ class DatasetSpec(Strict):
     source: str
     modality: Literal["image", "video"]
     labels_csv: str | None = None  # video only: CSV with video,frame_file,label columns
+    # Per-dataset settings: any of these sections, deep-merged over the global one (strict: the
+    # merged section is validated like the global one, so an unknown key is an error naming it).
+    prepare: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    sweep: dict[str, Any] = {}
+    evaluate: dict[str, Any] = {}
 
 
 class DataConfig(Strict):
@@ -115,7 +139,7 @@ class GenerateConfig(Strict):
 class ImagePrep(Strict):
     """Preprocessing shared by the prepare stage and serving (one code path)."""
 
-    size: tuple[int, int] = (64, 64)  # (height, width) after resize
+    size: FrameSize = (64, 64)  # (height, width) after resize
     channels: Literal[1, 3] = 3  # 1 = gray, 3 = RGB (converted from OpenCV's BGR)
     equalize: Literal["none", "hist", "clahe"] = "none"
     clahe_clip: float = Field(2.0, gt=0)
@@ -125,7 +149,8 @@ class ImagePrep(Strict):
 
 
 class VideoPrep(ImagePrep):
-    fps: float | None = None  # resample to this rate; None keeps the source rate
+    channels: Literal[1, 3] = 1
+    fps: float | None = 15  # resample to this rate; None keeps the source rate
     clip_len: int = Field(8, ge=2)  # frames per training clip
 
 
@@ -140,34 +165,66 @@ class PrepareConfig(Strict):
     video: VideoPrep = VideoPrep()
     split: SplitConfig = SplitConfig()
     max_bad_fraction: float = Field(0.05, ge=0, le=1)  # more unreadable files than this: error
+    max_image_pixels: StrictInt = Field(64_000_000, ge=1)  # decoded pixels per image (bombs)
 
 
 # --- model -----------------------------------------------------------------------------------
 
 
-class ImageModelConfig(Strict):
-    """Convolutional autoencoder; encoding = latent_channels x (H / 2**depth) x (W / 2**depth)."""
+class ModelConfig(BaseModel):
+    """Which model family each modality uses, and each family's knobs under ``model.<family>``.
 
-    depth: int = Field(3, ge=1, le=6)
-    filters: int = Field(32, ge=1)  # filters of the first block; doubled per block, capped at 256
-    latent_channels: int = Field(16, ge=1)
-    batch_norm: bool = False
-    skip: bool = False  # skip connections let anomalies through: off by default
-    error_head: bool = False  # 1-filter conv that predicts the model's own error
+    Families live in ``vigil.models.<family>/`` (see ``vigil.models.registry``); a family's
+    section is validated by that family's own strict config class. Families not named here keep
+    their config defaults.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    image_family: str = "conv_ae"
+    video_family: str = "convlstm"
+
+    @model_validator(mode="after")
+    def _families_are_known(self) -> ModelConfig:
+        from vigil.models.registry import get_family
+
+        for modality in ("image", "video"):
+            name = self.family_name(modality)
+            family = get_family(name)
+            if family.modality != modality:
+                raise ValueError(
+                    f"model.{modality}_family: {name!r} is a {family.modality} family"
+                )
+        for name, section in (self.model_extra or {}).items():
+            if not isinstance(section, dict):
+                raise ValueError(f"model.{name}: expected a mapping of the family's knobs")
+            family = get_family(name, key=f"model.{name}")
+            try:
+                family.config.model_validate(section)
+            except ValidationError as error:
+                raise ValueError(_nested_errors(f"model.{name}", error)) from None
+        return self
+
+    def family_name(self, modality: str) -> str:
+        return self.image_family if modality == "image" else self.video_family
+
+    def family_config(self, family: str) -> BaseModel:
+        """The typed knobs of ``family`` (its section, over the family's defaults)."""
+        from vigil.models.registry import get_family
+
+        section = (self.model_extra or {}).get(family, {})
+        return get_family(family).config.model_validate(section)
 
 
-class VideoModelConfig(Strict):
-    """CNN encoder + ConvLSTM + decoder predicting frame t+1 from frames <= t."""
-
-    encoder_depth: int = Field(2, ge=1, le=5)
-    filters: int = Field(32, ge=1)
-    hidden_channels: int = Field(32, ge=1)
-    error_head: bool = False
-
-
-class ModelConfig(Strict):
-    image: ImageModelConfig = ImageModelConfig()
-    video: VideoModelConfig = VideoModelConfig()
+def _nested_errors(prefix: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join([prefix, *(str(p) for p in item["loc"])])
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key (typo?)")
+        else:
+            parts.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(parts)
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -176,8 +233,8 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(0.002, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     loss: Literal["mse", "ssim", "mse+ssim"] = "mse"
     seed: int = 0
@@ -190,7 +247,7 @@ class TrainConfig(Strict):
 
 
 class SweepConfig(Strict):
-    n_trials: int = Field(8, ge=0)  # 0 skips the sweep: the configured model is used as is
+    n_trials: StrictInt = Field(8, ge=0)  # 0 skips the sweep: the configured model is used as is
     sampler: Literal["tpe", "grid", "random"] = "tpe"
     epochs_per_trial: int = Field(3, ge=1)
     seed: int = 0
@@ -226,13 +283,23 @@ class EvaluateConfig(Strict):
 
 
 class GateConfig(Strict):
+    """The promotion gate's bars (``vigil.registry.gate``); defaults equal params.yaml."""
+
     precision: float = Field(0.9, gt=0, le=1)
     min_recall: float = Field(0.8, ge=0, le=1)
     champion_tolerance: float = Field(0.02, ge=0, le=1)
+    # share of normal test items flagged at the threshold; None: not a criterion
+    max_false_alarm_rate: float | None = Field(0.05, ge=0, le=1)
+    # production defect rate: when set, precision is judged at it (from recall and false-alarm
+    # rate) instead of on the anomaly-heavy test split; None: the test split's own precision
+    prevalence: float | None = Field(None, gt=0, lt=1)
 
 
 class RegisterConfig(Strict):
     model_name_prefix: str = "vigil"
+    # who may move `champion`: auto = a clean commit or `vigil retrain` (not a DVC experiment,
+    # not an uncommitted tree); always; never (every candidate only becomes `challenger`)
+    promote: Literal["auto", "always", "never"] = "auto"
 
 
 # `register` is a params.yaml section (the register stage); pydantic warns that the name shadows
@@ -252,19 +319,20 @@ class Params(Strict):
     register: RegisterConfig = RegisterConfig()
 
     @model_validator(mode="after")
-    def _evaluate_roi_fits(self) -> Params:
-        """``evaluate.roi`` is in error-map pixels: it must fit every prepared frame size used."""
-        roi = self.evaluate.roi
-        if roi is None:
-            return self
-        x, y, w, h = roi
-        modalities = {spec.modality for spec in self.data.datasets.values()}
-        for modality in sorted(modalities):
-            height, width = getattr(self.prepare, modality).size
+    def _overrides_are_valid(self) -> Params:
+        """Every dataset's merged settings validate (errors name ``data.datasets.<d>.<key>``),
+        and ``evaluate.roi`` (error-map pixels) fits that dataset's prepared frame size."""
+        for name, spec in self.data.datasets.items():
+            merged = self.for_dataset(name)
+            roi = merged.evaluate.roi
+            if roi is None:
+                continue
+            x, y, w, h = roi
+            height, width = getattr(merged.prepare, spec.modality).size
             if x + w > width or y + h > height:
                 raise ValueError(
                     f"evaluate.roi {list(roi)} (x, y, w, h) does not fit inside the {width}x"
-                    f"{height} error maps of prepare.{modality}.size"
+                    f"{height} error maps of dataset {name!r} (prepare.{spec.modality}.size)"
                 )
         return self
 
@@ -274,6 +342,45 @@ class Params(Strict):
         except KeyError:
             known = ", ".join(sorted(self.data.datasets))
             raise ConfigError(f"unknown dataset {name!r} (data.datasets has: {known})") from None
+
+    def for_dataset(self, name: str) -> Params:
+        """These params with ``data.datasets.<name>``'s overrides deep-merged into ``prepare``,
+        ``model``, ``train``, ``sweep`` and ``evaluate``: what every stage of that dataset uses."""
+        spec = self.dataset(name)
+        changed = {}
+        for section in OVERRIDABLE_SECTIONS:
+            override = getattr(spec, section)
+            if not override:
+                continue
+            base = getattr(self, section).model_dump(mode="json")
+            cls = type(getattr(self, section))
+            try:
+                changed[section] = cls.model_validate(deep_merge(base, override))
+            except ValidationError as error:
+                raise ValueError(
+                    _nested_errors(f"data.datasets.{name}.{section}", error)
+                ) from None
+        return self.model_copy(update=changed) if changed else self
+
+    def modality_prep(self, name: str) -> ImagePrep:
+        """The dataset's prepare settings for its modality (``prepare.image`` or ``.video``)."""
+        merged = self.for_dataset(name)
+        return getattr(merged.prepare, self.dataset(name).modality)
+
+
+#: Sections a dataset may override in ``data.datasets.<name>``.
+OVERRIDABLE_SECTIONS = ("prepare", "model", "train", "sweep", "evaluate")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in: nested mappings merge, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _format_validation_error(path: Path, error: ValidationError, what: str = "parameters") -> str:

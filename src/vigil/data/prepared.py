@@ -38,6 +38,8 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
+from vigil.config import ImagePrep
+
 SPLITS = ("train", "val", "tune", "test")
 FRAMES_FILE = "frames.npy"
 MASKS_FILE = "masks.npy"
@@ -104,6 +106,21 @@ class PreparedDataset:
     @property
     def content_hash(self) -> str:
         return self.manifest["content_hash"]
+
+    @property
+    def prep(self) -> ImagePrep:
+        """The preprocessing the frames went through (manifest ``params.prep``): the one source
+        training, evaluation and the package use."""
+        from vigil.config import VideoPrep
+
+        try:
+            raw = self.manifest["params"]["prep"]
+        except (KeyError, TypeError):
+            raise PreparedDataError(
+                f"{self.root}: manifest.json has no params.prep (prepared by an older vigil); "
+                "rerun `dvc repro -f prepare@<dataset>`"
+            ) from None
+        return (VideoPrep if self.modality == "video" else ImagePrep).model_validate(raw)
 
     @property
     def channels(self) -> int:

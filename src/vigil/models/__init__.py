@@ -1,38 +1,10 @@
-"""vigil.models: pure nn.Modules returning ``AnomalyOutput``, their spec, and one LightningModule.
+"""vigil.models: model families behind one interface (``registry``), their spec and files.
 
-``AnomalyModule`` lives in ``vigil.models.lightning`` and is imported lazily here, so serving
-code that only needs ``load_trained`` does not import Lightning.
+Each family is a folder (``conv_ae``, ``convlstm``, ...) whose ``FAMILY`` record names its
+config, network and training plan; networks return the typed ``AnomalyOutput``. Nothing here
+imports torch at package import: the modules below are imported on first use.
 """
 
-from vigil.models.autoencoder import ConvAutoencoder, ImageTooSmallError
-from vigil.models.outputs import AnomalyOutput
-from vigil.models.predictor import ConvLSTMCell, FramePredictor
-from vigil.models.spec import (
-    ModelSpecError,
-    build_model,
-    load_trained,
-    model_spec,
-    save_trained,
-)
+from vigil.models.registry import Family, UnknownFamilyError, get_family, known_families
 
-__all__ = [
-    "AnomalyModule",
-    "AnomalyOutput",
-    "ConvAutoencoder",
-    "ConvLSTMCell",
-    "FramePredictor",
-    "ImageTooSmallError",
-    "ModelSpecError",
-    "build_model",
-    "load_trained",
-    "model_spec",
-    "save_trained",
-]
-
-
-def __getattr__(name: str):
-    if name == "AnomalyModule":
-        from vigil.models.lightning import AnomalyModule
-
-        return AnomalyModule
-    raise AttributeError(f"module 'vigil.models' has no attribute {name!r}")
+__all__ = ["Family", "UnknownFamilyError", "get_family", "known_families"]

@@ -1,8 +1,9 @@
 """The model spec (``model.json``) and trained-model files (``weights.safetensors``).
 
-A spec is a JSON-able dict that rebuilds the network exactly: modality, input channels, image
-size, the input normalization (which picks the output activation) and the model config. Weights
-are stored with safetensors, so loading a model never unpickles code.
+A spec is a JSON-able dict that rebuilds the network exactly: its family, modality, input
+channels, image size, the preprocessing the data went through (whose ``normalize`` picks the
+output activation) and the family's knobs. Weights are stored with safetensors, so loading a
+model never unpickles code.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vigil.atomic import atomic_write
-from vigil.config import ImageModelConfig, ImagePrep, VideoModelConfig
-from vigil.models.autoencoder import ConvAutoencoder, check_size
-from vigil.models.predictor import FramePredictor
+from vigil.config import ImagePrep
+from vigil.models.registry import Family, UnknownFamilyError, get_family
 
-SPEC_FORMAT = "vigil-model/1"
+SPEC_FORMAT = "vigil-model/2"
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -30,62 +30,65 @@ class ModelSpecError(ValueError):
 
 
 def model_spec(
-    modality: str,
+    family: str,
     in_channels: int,
     image_size: tuple[int, int],
-    model_cfg: ImageModelConfig | VideoModelConfig,
+    model_cfg: BaseModel,
     *,
-    prep: ImagePrep | None = None,
+    prep: ImagePrep,
 ) -> dict[str, Any]:
-    """The JSON-able spec stored in ``model.json``.
-
-    ``prep`` (the preprocessing the data went through) is stored whole so serving can apply the
-    same preprocessing; its ``normalize`` picks the output activation (``unit`` -> sigmoid,
-    ``zscore`` -> identity). Without it, ``unit`` is assumed.
-    """
-    expected = ImageModelConfig if modality == "image" else VideoModelConfig
-    if modality not in ("image", "video"):
-        raise ModelSpecError(f"unknown modality {modality!r}; expected 'image' or 'video'")
-    if not isinstance(model_cfg, expected):
+    """The JSON-able spec stored in ``model.json`` (and inside the detector's JSON)."""
+    fam = _family(family)
+    if not isinstance(model_cfg, fam.config):
         raise ModelSpecError(
-            f"{modality} model needs a {expected.__name__}, got {type(model_cfg).__name__}"
+            f"family {family!r} needs a {fam.config.__name__}, got {type(model_cfg).__name__}"
         )
     return {
         "format": SPEC_FORMAT,
-        "modality": modality,
+        "family": family,
+        "modality": fam.modality,
         "in_channels": int(in_channels),
         "image_size": [int(image_size[0]), int(image_size[1])],
-        "normalize": prep.normalize if prep is not None else "unit",
-        "prep": prep.model_dump(mode="json") if prep is not None else None,
+        "prep": prep.model_dump(mode="json"),
         "model": model_cfg.model_dump(mode="json"),
     }
 
 
-def model_config(spec: dict[str, Any]) -> ImageModelConfig | VideoModelConfig:
-    """The typed model config inside a spec."""
-    cls = ImageModelConfig if spec.get("modality") == "image" else VideoModelConfig
+def _family(name: str) -> Family:
     try:
-        return cls.model_validate(spec["model"])
+        return get_family(name)
+    except UnknownFamilyError as error:
+        raise ModelSpecError(str(error)) from None
+
+
+def spec_family(spec: dict[str, Any]) -> Family:
+    """The family of a spec; specs written before families existed are refused by name."""
+    if "family" not in spec:
+        raise ModelSpecError(
+            f"model spec of format {spec.get('format', '?')!r} has no 'family': written by an "
+            "older vigil; retrain it (`dvc repro -f train@<dataset>`)"
+        )
+    return _family(spec["family"])
+
+
+def model_config(spec: dict[str, Any]) -> BaseModel:
+    """The typed family config inside a spec."""
+    try:
+        return spec_family(spec).config.model_validate(spec["model"])
     except (KeyError, ValidationError) as error:
         raise ModelSpecError(f"model spec has an invalid 'model' section: {error}") from None
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """A fresh (untrained) network for ``spec``; checks the image size against the depth."""
-    for key in ("modality", "in_channels", "image_size", "model"):
+    """A fresh (untrained) network for ``spec``; checks the image size against the network."""
+    for key in ("family", "in_channels", "image_size", "model", "prep"):
         if key not in spec:
             raise ModelSpecError(f"model spec lacks {key!r} (has: {', '.join(sorted(spec))})")
-    modality = spec["modality"]
-    if modality not in ("image", "video"):
-        raise ModelSpecError(f"unknown modality {modality!r}; expected 'image' or 'video'")
-    cfg = model_config(spec)
-    output = "identity" if spec.get("normalize", "unit") == "zscore" else "sigmoid"
-    height, width = spec["image_size"]
-    if isinstance(cfg, ImageModelConfig):
-        check_size(height, width, cfg.depth)
-        return ConvAutoencoder(spec["in_channels"], cfg, output=output)
-    check_size(height, width, cfg.encoder_depth)
-    return FramePredictor(spec["in_channels"], cfg, output=output)
+    family = spec_family(spec)
+    output = "identity" if spec["prep"].get("normalize", "unit") == "zscore" else "sigmoid"
+    network = family.build(spec["in_channels"], model_config(spec), output)
+    network.encoding_shape(*spec["image_size"])  # raises ImageTooSmallError naming the sizes
+    return network
 
 
 def save_trained(model_dir: Path | str, model: nn.Module, spec: dict[str, Any]) -> Path:
@@ -95,13 +98,20 @@ def save_trained(model_dir: Path | str, model: nn.Module, spec: dict[str, Any]) 
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = model_dir / WEIGHTS_FILE
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": SPEC_FORMAT}))
+    save_weights(weights, model)
     atomic_write(
         model_dir / SPEC_FILE, lambda tmp: tmp.write_text(json.dumps(spec, indent=1) + "\n")
     )
     return weights
+
+
+def save_weights(path: Path, model: nn.Module, extra: dict | None = None) -> Path:
+    """The network's state dict (plus ``extra`` tensors) as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(extra or {})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": SPEC_FORMAT}))
+    return path
 
 
 def read_spec(model_dir: Path | str) -> dict[str, Any]:
@@ -114,16 +124,24 @@ def read_spec(model_dir: Path | str) -> dict[str, Any]:
         raise ModelSpecError(f"{path}: not valid JSON: {error}") from None
 
 
+def load_network(spec: dict[str, Any], weights: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """(network in eval mode with the weights in ``weights``, the file's other tensors)."""
+    if not weights.is_file():
+        raise ModelSpecError(f"{weights}: weights file missing")
+    model = build_model(spec)
+    tensors = load_file(str(weights), device=device)
+    own = set(model.state_dict())
+    extra = {k: v for k, v in tensors.items() if k not in own}
+    try:
+        model.load_state_dict({k: v for k, v in tensors.items() if k in own})
+    except RuntimeError as error:
+        raise ModelSpecError(f"{weights}: weights do not match the model spec: {error}") from None
+    return model.to(device).eval(), extra
+
+
 def load_trained(model_dir: Path | str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(network in eval mode with its trained weights, spec) from a train-stage folder."""
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelSpecError(f"{weights}: weights file missing")
-    model = build_model(spec)
-    try:
-        model.load_state_dict(load_file(str(weights), device=device))
-    except RuntimeError as error:
-        raise ModelSpecError(f"{weights}: weights do not match {model_dir / SPEC_FILE}: {error}")
-    return model.to(device).eval(), spec
+    model, _ = load_network(spec, model_dir / WEIGHTS_FILE, device)
+    return model, spec

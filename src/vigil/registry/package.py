@@ -7,12 +7,9 @@ Serving cannot drift from evaluation because the package carries everything eval
   MLmodel  requirements.txt  python_env.yaml  conda.yaml  input_example.json ...
   pyfunc_model.py                the model, logged "from code" (no pickle): vigil.registry.pyfunc_model
   code/vigil/                    the vigil source tree the package was built with (see below)
-  artifacts/model/
-    model.json                   network spec (vigil.models.model_spec), read by load_trained
-    weights.safetensors          network weights (safetensors: no pickle)
-    threshold.json               the evaluate stage's calibration, verbatim
-    reference.png                the prepared alignment reference frame (only when prep aligns)
-    package.json                 prep, post-processing config, threshold, pixel threshold, hashes
+  artifacts/model/               the evaluate stage's detector folder, verbatim (vigil.detector):
+    detector.json                spec (family, knobs, prep), post-processing, thresholds, hashes
+    weights.safetensors          network weights (+ the alignment reference frame when prep aligns)
 ```
 
 Design decisions:
@@ -34,11 +31,10 @@ Design decisions:
 - **Video models** score the rows of one request as one clip, in order, state carried from frame
   to frame and the score smoothed by ``vigil.evaluation.scoring.score_video``; each request
   starts from a fresh state.
-- **Alignment reference:** when ``prep.align`` is not ``none``, the prepare stage registered every
-  frame to one reference frame (``manifest.json`` ``reference_index``). The package carries that
-  frame as ``reference.png`` (lossless) and the pyfunc and ``vigil.serving.loader`` align every
-  input to it, exactly as the evaluated data was aligned. Without it each request would be
-  aligned to its own first frame, and a still image would not be aligned at all.
+- **One detector, stored once:** the package's artifacts are the ``Detector`` folder the
+  evaluate stage wrote; the pyfunc, ``vigil serve`` and ``vigil watch`` load it with
+  ``Detector.load`` and score through it, so they cannot drift from evaluation. Packages of an
+  older vigil (``package.json``) are refused with the command that re-registers them.
 - **Checksum:** ``package_checksum`` hashes every file of the package (relative path + sha256),
   except ``__pycache__`` folders and ``*.pyc`` files that Python writes when the bundled code is
   imported, and MLflow's top-level ``registered_model_meta`` (rewritten at every registration).
@@ -51,7 +47,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -62,15 +57,11 @@ from typing import Any
 
 import numpy as np
 
-from vigil.config import EvaluateConfig, ImagePrep
 
-PACKAGE_FORMAT = 1
 ARTIFACT_KEY = "model"  # context.artifacts["model"] -> artifacts/model/
-SPEC_FILE = "model.json"
+DETECTOR_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
-THRESHOLD_FILE = "threshold.json"
-PACKAGE_FILE = "package.json"
-REFERENCE_FILE = "reference.png"
+LEGACY_FILE = "package.json"  # packages of vigil before the detector: refused, re-register
 CHECKSUM_TAG = "vigil.package_sha256"
 INPUT_COLUMN = "image"
 HEATMAP_PARAM = "return_heatmap"
@@ -156,173 +147,81 @@ def package_checksum(package_dir: Path | str) -> str:
 
 
 def find_artifacts(package_dir: Path | str) -> Path:
-    """The folder holding ``package.json`` + ``model.json`` + weights, given a package root,
-    its ``artifacts/`` folder, or that folder itself."""
+    """The detector folder inside a package root, its ``artifacts/`` folder, or that folder."""
     root = Path(package_dir)
     for candidate in (root, root / "artifacts" / ARTIFACT_KEY):
-        if (candidate / PACKAGE_FILE).is_file():
+        if (candidate / DETECTOR_FILE).is_file() or (candidate / LEGACY_FILE).is_file():
             return candidate
-    found = sorted(root.rglob(PACKAGE_FILE), key=lambda p: len(p.parts))
+    found = sorted(root.rglob(DETECTOR_FILE), key=lambda p: len(p.parts))
     if not found:
-        raise PackageError(f"{root}: no {PACKAGE_FILE} inside: not a vigil model package")
+        raise PackageError(f"{root}: no {DETECTOR_FILE} inside: not a vigil model package")
     return found[0].parent
 
 
-def read_package_metadata(package_dir: Path | str) -> dict[str, Any]:
-    """``package.json`` plus ``spec`` (model.json) of a package (root or artifacts folder).
+def read_detector_record(package_dir: Path | str):
+    """The package's ``DetectorRecord`` (no weights loaded)."""
+    from vigil.detector.record import DetectorError, read_record
 
-    Keys: format, dataset, modality, spec, prep, postprocess, threshold, pixel_threshold,
-    calibration (threshold.json verbatim), weights_sha256, reference (file name or None).
-    """
-    root = find_artifacts(package_dir)
-    meta = _read_json(root / PACKAGE_FILE)
-    if int(meta.get("format", 0)) > PACKAGE_FORMAT:
-        raise PackageError(
-            f"{root / PACKAGE_FILE}: package format {meta.get('format')} is newer than this "
-            f"vigil understands ({PACKAGE_FORMAT})"
-        )
-    meta["spec"] = _read_json(root / SPEC_FILE)
-    return meta
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise PackageError(f"{path}: missing")
     try:
-        value = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise PackageError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise PackageError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+        return read_record(find_artifacts(package_dir))
+    except DetectorError as error:
+        raise PackageError(str(error)) from None
 
 
-def read_reference(package_dir: Path | str, prep: ImagePrep) -> np.ndarray | None:
-    """The alignment reference frame of a package: uint8 (h, w, C) as prepared (RGB or gray),
-    or None when the package has none (``prep.align`` is ``none``, or an older package)."""
-    import cv2
+def load_detector(package_dir: Path | str):
+    """The package's ``Detector`` (weights from safetensors: nothing is unpickled)."""
+    from vigil.detector import Detector
+    from vigil.detector.record import DetectorError
 
-    root = find_artifacts(package_dir)
-    meta = _read_json(root / PACKAGE_FILE)
-    name = meta.get("reference")
-    if not name:
-        return None
-    path = root / name
-    if not path.is_file():
-        raise PackageError(f"{path}: missing (package.json names it as the alignment reference)")
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise PackageError(f"{path}: not a decodable PNG")
-    frame = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image[:, :, None]
-    expected = (*prep.size, prep.channels)
-    if frame.shape != expected:
-        raise PackageError(
-            f"{path}: reference frame of shape {frame.shape}, but prep expects {expected} "
-            "(size, channels)"
-        )
-    return np.ascontiguousarray(frame)
+    try:
+        return Detector.load(find_artifacts(package_dir))
+    except DetectorError as error:
+        raise PackageError(str(error)) from None
 
 
 # --- building a package ---------------------------------------------------------------------
 
 
-def write_reference(dest: Path, reference: np.ndarray, prep: ImagePrep) -> str:
-    """Write the prepared reference frame uint8 (h, w, C) into ``dest`` as lossless PNG."""
-    frame = np.asarray(reference)
-    expected = (*prep.size, prep.channels)
-    if frame.dtype != np.uint8 or frame.shape != expected:
+def stage_artifacts(detector_dir: Path | str, dest: Path | str) -> Path:
+    """Copy the calibrated detector folder (``detector.json`` + weights) into ``dest``."""
+    detector_dir, dest = Path(detector_dir), Path(dest)
+    record = read_detector_record(detector_dir)
+    if record.threshold is None:
         raise PackageError(
-            f"alignment reference: expected a prepared uint8 frame of shape {expected}, got "
-            f"{frame.dtype} {frame.shape}"
+            f"{detector_dir / DETECTOR_FILE}: no calibrated threshold; run the evaluate stage"
         )
-    (dest / REFERENCE_FILE).write_bytes(frames_to_png(frame[None])[0])
-    return REFERENCE_FILE
-
-
-def read_threshold(path: Path | str) -> tuple[float, float | None, dict[str, Any]]:
-    """(image threshold, pixel threshold or None, whole file) from the evaluate stage's file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PackageError(
-            f"{path}: missing; the evaluate stage writes the calibrated threshold there "
-            "(run `dvc repro evaluate` first)"
-        )
-    data = _read_json(path)
-    if "threshold" not in data:
-        raise PackageError(f"{path}: no 'threshold' field (image score threshold)")
-    try:
-        threshold = float(data["threshold"])
-    except (TypeError, ValueError):
-        raise PackageError(
-            f"{path}: 'threshold' must be a number, got {data['threshold']!r}"
-        ) from None
-    if not np.isfinite(threshold):
-        raise PackageError(f"{path}: 'threshold' is not finite ({threshold})")
-    pixel = data.get("pixel_threshold")
-    return threshold, (None if pixel is None else float(pixel)), data
-
-
-def stage_artifacts(
-    model_dir: Path | str,
-    dest: Path | str,
-    *,
-    prep: ImagePrep,
-    postprocess: EvaluateConfig,
-    threshold_file: Path | str | None = None,
-    dataset: str | None = None,
-    reference: np.ndarray | None = None,
-) -> Path:
-    """Copy weights, spec and threshold into ``dest`` and write ``package.json`` beside them.
-
-    ``model_dir`` is the train stage's output (``weights.safetensors`` + ``model.json``);
-    ``threshold_file`` defaults to ``<model_dir>/threshold.json`` (the evaluate stage's);
-    ``reference``: the prepared alignment reference frame uint8 (h, w, C), required when
-    ``prep.align`` is not ``none`` (ignored otherwise).
-    """
-    model_dir, dest = Path(model_dir), Path(dest)
-    for name in (SPEC_FILE, WEIGHTS_FILE):
-        if not (model_dir / name).is_file():
-            raise PackageError(f"{model_dir / name}: missing; run the train stage first")
-    threshold_file = Path(threshold_file or model_dir / THRESHOLD_FILE)
-    threshold, pixel_threshold, calibration = read_threshold(threshold_file)
-    spec = _read_json(model_dir / SPEC_FILE)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_dir / SPEC_FILE, dest / SPEC_FILE)
-    shutil.copyfile(model_dir / WEIGHTS_FILE, dest / WEIGHTS_FILE)
-    shutil.copyfile(threshold_file, dest / THRESHOLD_FILE)
-    reference_name = None
-    if prep.align != "none":
-        if reference is None:
-            raise PackageError(
-                f"prep.align is {prep.align!r} but no alignment reference frame was given: "
-                "serving could not align inputs as the prepared data was aligned (pass the "
-                "prepared dataset's reference frame, manifest.json reference_index)"
-            )
-        reference_name = write_reference(dest, reference, prep)
-    meta = {
-        "format": PACKAGE_FORMAT,
-        "dataset": dataset,
-        "modality": spec.get("modality", "image"),
-        "prep": prep.model_dump(mode="json"),
-        "postprocess": postprocess.model_dump(mode="json"),
-        "threshold": threshold,
-        "pixel_threshold": pixel_threshold,
-        "calibration": calibration,
-        "weights_sha256": file_sha256(dest / WEIGHTS_FILE),
-        "reference": reference_name,
-    }
-    (dest / PACKAGE_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    for name in (DETECTOR_FILE, WEIGHTS_FILE):
+        if not (detector_dir / name).is_file():
+            raise PackageError(f"{detector_dir / name}: missing; run the evaluate stage")
+        shutil.copyfile(detector_dir / name, dest / name)
     return dest
 
 
-def stage_code(dest: Path | str) -> Path:
-    """A clean copy of the vigil source tree (no bytecode) at ``<dest>/vigil`` for code_paths."""
+def stage_code(dest: Path | str, family_module: str | None = None) -> list[Path]:
+    """Clean copies (no bytecode) of the vigil source tree at ``<dest>/vigil`` and, for a model
+    family that lives outside vigil (``family_module``), of its top-level package: the
+    package's code_paths."""
+    import importlib
+
     import vigil
 
-    source = Path(vigil.__file__).resolve().parent
-    target = Path(dest) / "vigil"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return target
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    targets = []
+    top_levels = {"vigil"}
+    if family_module:
+        top_levels.add(family_module.split(".", 1)[0])
+    for name in sorted(top_levels):
+        module = vigil if name == "vigil" else importlib.import_module(name)
+        source = Path(module.__file__).resolve()
+        target = Path(dest) / (name if source.name == "__init__.py" else source.name)
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, target, ignore=ignore)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        targets.append(target)
+    return targets
 
 
 def pip_requirements(distributions: Sequence[str] = RUNTIME_DISTRIBUTIONS) -> list[str]:
@@ -394,7 +293,7 @@ def invocation_payload(images: Sequence[bytes], *, return_heatmap: bool = False)
     return payload
 
 
-def default_example(prep: ImagePrep) -> list[bytes]:
+def default_example(prep) -> list[bytes]:
     """One mid-grey PNG at the model's input size: an input example when no data is at hand."""
     height, width = prep.size
     shape = (height, width) if prep.channels == 1 else (height, width, 3)
@@ -403,40 +302,28 @@ def default_example(prep: ImagePrep) -> list[bytes]:
 
 def save_package(
     path: Path | str,
-    model_dir: Path | str,
+    detector_dir: Path | str,
     *,
-    prep: ImagePrep,
-    postprocess: EvaluateConfig,
-    threshold_file: Path | str | None = None,
-    dataset: str | None = None,
     example_images: Sequence[bytes] | None = None,
-    reference: np.ndarray | None = None,
 ) -> Path:
     """Write the pyfunc package to a local folder ``path`` (must not exist). Returns ``path``."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="vigil-package-") as tmp:
-        kwargs = _model_kwargs(
-            Path(tmp), model_dir, prep, postprocess, threshold_file, dataset, example_images,
-            reference,
-        )
+        kwargs = _model_kwargs(Path(tmp), detector_dir, example_images)
         mlflow.pyfunc.save_model(path=str(path), **kwargs)
     return Path(path)
 
 
 def log_package(
-    model_dir: Path | str,
+    detector_dir: Path | str,
     *,
-    prep: ImagePrep,
-    postprocess: EvaluateConfig,
-    threshold_file: Path | str | None = None,
-    dataset: str | None = None,
     example_images: Sequence[bytes] | None = None,
     run_id: str | None = None,
     name: str = "model",
-    reference: np.ndarray | None = None,
 ) -> LoggedPackage:
-    """Log the package to MLflow (into ``run_id`` when given, else the active run or none).
+    """Log the package of the detector in ``detector_dir`` to MLflow (into ``run_id`` when
+    given, else the active run or none).
 
     Downloads the logged files back and checksums them, so the checksum describes what the
     artifact store holds, not what was meant to be uploaded.
@@ -444,10 +331,7 @@ def log_package(
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="vigil-package-") as tmp:
-        kwargs = _model_kwargs(
-            Path(tmp), model_dir, prep, postprocess, threshold_file, dataset, example_images,
-            reference,
-        )
+        kwargs = _model_kwargs(Path(tmp), detector_dir, example_images)
         if run_id is not None and (
             mlflow.active_run() is None or mlflow.active_run().info.run_id != run_id
         ):
@@ -455,15 +339,17 @@ def log_package(
                 info = mlflow.pyfunc.log_model(name=name, **kwargs)
         else:
             info = mlflow.pyfunc.log_model(name=name, **kwargs)
-        meta = _read_json(Path(kwargs["artifacts"][ARTIFACT_KEY]) / PACKAGE_FILE)
+        artifacts = Path(kwargs["artifacts"][ARTIFACT_KEY])
+        record = read_detector_record(artifacts)
+        weights = file_sha256(artifacts / WEIGHTS_FILE)
     checksum = checksum_of_uri(info.model_uri)
     return LoggedPackage(
         model_uri=info.model_uri,
         model_id=getattr(info, "model_id", None),
         run_id=info.run_id,
         checksum=checksum,
-        threshold=float(meta["threshold"]),
-        weights_sha256=meta["weights_sha256"],
+        threshold=float(record.threshold),
+        weights_sha256=weights,
     )
 
 
@@ -477,31 +363,20 @@ def checksum_of_uri(uri: str) -> str:
 
 
 def _model_kwargs(
-    tmp: Path,
-    model_dir: Path | str,
-    prep: ImagePrep,
-    postprocess: EvaluateConfig,
-    threshold_file: Path | str | None,
-    dataset: str | None,
-    example_images: Sequence[bytes] | None,
-    reference: np.ndarray | None = None,
+    tmp: Path, detector_dir: Path | str, example_images: Sequence[bytes] | None
 ) -> dict[str, Any]:
     """Arguments shared by save_model and log_model; stages files under ``tmp``."""
-    artifacts = stage_artifacts(
-        model_dir,
-        tmp / ARTIFACT_KEY,
-        prep=prep,
-        postprocess=postprocess,
-        threshold_file=threshold_file,
-        dataset=dataset,
-        reference=reference,
-    )
-    code = stage_code(tmp / "code")
-    examples = list(example_images or default_example(prep))[:1]
+    from vigil.models.registry import get_family
+
+    artifacts = stage_artifacts(detector_dir, tmp / ARTIFACT_KEY)
+    record = read_detector_record(artifacts)
+    family_module = get_family(record.family).module
+    code = stage_code(tmp / "code", None if family_module.startswith("vigil.") else family_module)
+    examples = list(example_images or default_example(record.prep))[:1]
     return {
         "python_model": str(Path(__file__).with_name("pyfunc_model.py")),
         "artifacts": {ARTIFACT_KEY: str(artifacts)},
-        "code_paths": [str(code)],
+        "code_paths": [str(c) for c in code],
         "pip_requirements": pip_requirements(),
         "signature": model_signature(),
         "input_example": images_frame(examples),

@@ -4,12 +4,10 @@ MLflow executes this file by path when it loads a package (``mlflow.pyfunc.load_
 ``mlflow models serve``); the last lines then register the model with ``set_model``. Imported as
 ``vigil.registry.pyfunc_model`` (the library, tests) nothing runs.
 
-The model decodes each input with ``vigil.data.preprocess.decode_image``, preprocesses it with
-``preprocess_frame`` (the prepare stage's code, aligned to the package's ``reference.png`` when
-the prep aligns frames, as the prepared data was) and scores it with
-``vigil.evaluation.scoring.score_frames`` (images) or ``score_video`` (video: the rows of one
-request are one clip in time order), the evaluate stage's code, with the settings and threshold
-stored in ``artifacts/model/package.json``. See ``vigil.registry.package`` for the layout.
+The model is the package's ``Detector`` (``artifacts/model/``, see ``vigil.registry.package``):
+each input is decoded with ``vigil.data.preprocess.decode_image`` and scored by
+``Detector.score`` (images independently; for video models the rows of one request are one clip
+in time order), exactly as the evaluate stage scored.
 """
 
 from __future__ import annotations
@@ -32,26 +30,11 @@ class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
         self.load(Path(context.artifacts["model"]))
 
     def load(self, artifacts_dir: Path) -> VigilAnomalyModel:
-        """Load the network (safetensors) and settings from the package's artifacts folder."""
-        import torch
+        """Load the package's detector (safetensors weights + detector.json)."""
+        from vigil.registry.package import load_detector
 
-        from vigil.config import EvaluateConfig, ImagePrep, VideoPrep
-        from vigil.models import load_trained
-        from vigil.registry.package import read_package_metadata, read_reference
-
-        meta = read_package_metadata(artifacts_dir)
-        self.meta = meta
-        self.modality = meta["modality"]
-        prep_cls = VideoPrep if self.modality == "video" else ImagePrep
-        self.prep = prep_cls.model_validate(meta["prep"])
-        self.postprocess = EvaluateConfig.model_validate(meta["postprocess"])
-        self.threshold = float(meta["threshold"])
-        self.pixel_threshold = meta.get("pixel_threshold")
-        # uint8 (h, w, C) prepared reference frame, or None when the prep does not align
-        self.reference = read_reference(artifacts_dir, self.prep)
-        self.network, _ = load_trained(Path(artifacts_dir))
-        self.network.eval()
-        self._torch = torch
+        self.detector = load_detector(artifacts_dir)
+        self.threshold = self.detector.threshold
         return self
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
@@ -67,45 +50,25 @@ class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
     def score_decoded(self, images: Sequence[np.ndarray], *, return_heatmap: bool = False):
         """Decoded images (gray (H, W) or BGR (H, W, 3), as OpenCV reads them) -> DataFrame.
 
-        Also accepts a uint8 array (N, H, W[, C]). Video models score the images as one clip.
+        Video models score the images as one clip. Heat maps are overlays at each input's
+        resolution (base64 PNG, BGR as OpenCV writes it).
         """
         import pandas as pd
 
-        from vigil.data.preprocess import preprocess_frame
+        from vigil.registry.package import encode_png
 
-        if len(images) == 0:
-            raise ValueError("empty batch: send at least one image")
-        frames = np.stack(
-            [preprocess_frame(np.asarray(image), self.prep, self.reference) for image in images]
-        )
-        scores, maps = self.score_frames(frames)
+        items = self.detector.score([np.asarray(image) for image in images], overlay=return_heatmap)
         table = pd.DataFrame(
             {
-                "score": scores.astype(np.float64),
-                "is_anomaly": scores >= self.threshold,
+                "score": np.array([item.score for item in items], dtype=np.float64),
+                "is_anomaly": [item.is_anomaly for item in items],
             }
         )
         if return_heatmap:
-            table["heatmap"] = [self._heatmap_png(frames[i], maps[i]) for i in range(len(frames))]
+            table["heatmap"] = [
+                base64.b64encode(encode_png(item.overlay)).decode("ascii") for item in items
+            ]
         return table
-
-    def score_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed uint8 (N, h, w, C) -> (scores float (N,), post-processed maps (N, h, w))."""
-        from vigil.evaluation import scoring
-
-        score = scoring.score_video if self.modality == "video" else scoring.score_frames
-        with self._torch.inference_mode():
-            result = score(self.network, frames, self.prep, self.postprocess)
-        return np.asarray(result.scores, dtype=np.float64), np.asarray(result.maps)
-
-    def _heatmap_png(self, frame: np.ndarray, error_map: np.ndarray) -> str:
-        """Colorized overlay (BGR) of one frame as base64 PNG; colour scale 0..2x pixel threshold."""
-        from vigil.evaluation.postprocess import overlay
-        from vigil.registry.package import encode_png
-
-        vmax = self.pixel_threshold or float(np.max(error_map)) or 1.0
-        image = overlay(frame, np.asarray(error_map), 2.0 * float(vmax))
-        return base64.b64encode(encode_png(image)).decode("ascii")
 
 
 def _column(model_input, name: str) -> list:

@@ -42,13 +42,23 @@ class LimitSettings(Strict):
 
 
 class WatchSettings(Strict):
-    """``vigil watch``: smoothing and alerting on a stream."""
+    """``vigil watch``: alerting on a stream (the score and its smoothing are the model's own,
+    as evaluated: ``Detector.stream``)."""
 
-    smoothing_window: int | None = Field(None, ge=1)  # None: the model's evaluate setting
     alert_frames: int = Field(5, ge=1)  # smoothed score above threshold this many frames: alert
     webhook_timeout_s: float = Field(2.0, gt=0)
     timeline_frames: int = Field(240, ge=8)  # frames shown in the output video's score strip
     read_queue: int = Field(8, ge=1)  # decoded frames buffered ahead of inference
+
+
+class ConsoleSettings(Strict):
+    """The operator console at ``/console`` (``vigil.serving.console``)."""
+
+    enabled: bool = True
+    root: str = "."  # project root: where configs/retrain.yaml and reports/retrain/ are
+    retrain_config: str = "configs/retrain.yaml"  # relative to root
+    history_cycles: int = Field(10, ge=1)  # retrain cycles listed
+    live_points: int = Field(300, ge=1)  # score-log points sent when the live panel connects
 
 
 class ServingConfig(Strict):
@@ -58,6 +68,7 @@ class ServingConfig(Strict):
     follow: FollowSettings = FollowSettings()
     limits: LimitSettings = LimitSettings()
     watch: WatchSettings = WatchSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
 
 def load_serving_config(path: Path | str | None = DEFAULT_CONFIG) -> ServingConfig:

@@ -79,7 +79,6 @@ def _add_watch(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source-fps", type=float, help="rate of a frame folder without fps.txt")
     parser.add_argument("--max-frames", type=int, help="stop after this many source frames")
     parser.add_argument("--alert-frames", type=int, help="frames above threshold before alerting")
-    parser.add_argument("--smoothing-window", type=int, help="moving average length (frames)")
     parser.set_defaults(handler=run_watch)
 
 
@@ -211,7 +210,6 @@ def run_watch(args: argparse.Namespace) -> int:
         key: value
         for key, value in (
             ("alert_frames", args.alert_frames),
-            ("smoothing_window", args.smoothing_window),
         )
         if value is not None
     }

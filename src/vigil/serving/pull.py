@@ -225,10 +225,13 @@ def _build_manifest(
     client: MlflowClient, found: ModelVersion, alias: str | None, package: Path, checksum: str
 ) -> dict[str, Any]:
     """The manifest written beside the package: what it is, where from, when, how good."""
+    from vigil.registry.package import PackageError, read_detector_record
     from vigil.registry.promotion import metrics_from_tags
-    from vigil.serving.loader import read_package
 
-    files = read_package(package)
+    try:
+        record = read_detector_record(package)
+    except PackageError as error:
+        raise PullError(f"{found.name} version {found.version}: {error}") from None
     metrics: dict[str, Any] = {}
     if found.run_id:
         try:
@@ -241,8 +244,9 @@ def _build_manifest(
         "version": str(found.version),
         "alias": alias,
         "run_id": found.run_id,
-        "threshold": files.threshold,
-        "modality": files.modality,
+        "threshold": record.threshold,
+        "modality": record.modality,
+        "family": record.family,
         "metrics": metrics,
         "checksum": checksum,
         "source": found.source,

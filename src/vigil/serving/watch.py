@@ -12,7 +12,8 @@ Score log (opt-in, for the retrain drift trigger): ``vigil watch --score-log PAT
 ``score_log: PATH`` in configs/serving.yaml) appends one JSON line per scored frame, with its
 smoothed score: ``{"time", "model_name", "model_version", "score", "threshold", "is_anomaly"}``
 (``vigil.scheduling.scorelog``, read by ``vigil.scheduling.drift``). Frames without a score yet
-(a video model's first frame) are not logged.
+(a video model's first frame) are not logged. Beside it, ``<log>.latest/`` holds the latest
+scored frame and its heat map (twice a second at most), for the console's live panel.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import cv2
 import numpy as np
 
 from vigil.data.video import DecodedFrame, FrameResampler, read_folder_fps, read_video
-from vigil.scheduling.scorelog import ScoreLog
+from vigil.scheduling.scorelog import ScoreLog, score_line
 from vigil.serving import WatchSettings
-from vigil.serving.loader import FrameScore, FrameStream, Scorer
+from vigil.detector import ItemScore
+from vigil.serving.loader import FrameStream, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +333,7 @@ def watch(
     webhook: str | None = None,
     events: TextIO | None | str = "stdout",
     max_frames: int | None = None,
-    on_frame: Callable[[int, FrameScore], None] | None = None,
+    on_frame: Callable[[int, ItemScore], None] | None = None,
     score_log: Path | str | None = None,
 ) -> WatchSummary:
     """Score ``source`` frame by frame; returns counts, alerts, smoothed scores and rates.
@@ -346,7 +348,7 @@ def watch(
         events = sys.stdout
     fps = scorer.info.fps if target_fps == "model" else target_fps
     resampler = FrameResampler(float(fps) if fps else None)
-    stream: FrameStream = scorer.stream(settings.smoothing_window)
+    stream: FrameStream = scorer.stream()
     alerts = AlertTracker(settings.alert_frames, scorer.info.threshold)
     sink = EventSink(events, webhook, settings.webhook_timeout_s)
     summary = WatchSummary(source=source, model_version=scorer.info.version)
@@ -362,7 +364,8 @@ def watch(
                 break
             if not resampler.keep(decoded.timestamp):
                 continue
-            result = stream.push(decoded.image, heatmap=output is not None)
+            latest = scores_out is not None and scores_out.latest_due()  # console live panel
+            result = stream.push(decoded.image, heatmap=output is not None or latest)
             summary.frames_scored += 1
             summary.scores.append(result.score)
             summary.frame_indices.append(decoded.index)
@@ -370,6 +373,11 @@ def watch(
                 scores_out.write(
                     info.name, info.version, [(result.score, result.is_anomaly)], info.threshold
                 )
+                if latest and math.isfinite(result.score):
+                    line = score_line(
+                        info.name, info.version, result.score, info.threshold, result.is_anomaly
+                    )
+                    scores_out.write_latest(_bgr(stream.last_frame), result.overlay, line)
             event = alerts.update(decoded.index, decoded.timestamp, result.score)
             if event is not None:
                 event.update(source=source, model_version=scorer.info.version)
@@ -384,7 +392,7 @@ def watch(
                         settings.timeline_frames,
                     )
                 writer.write(
-                    stream.last_frame, _prediction(scorer, stream), result.heatmap, result.score
+                    stream.last_frame, stream.last_prediction, result.overlay, result.score
                 )
             if on_frame is not None:
                 on_frame(decoded.index, result)
@@ -399,10 +407,3 @@ def watch(
         events.write(json.dumps(summary.as_dict()) + "\n")
         events.flush()
     return summary
-
-
-def _prediction(scorer: Scorer, stream: FrameStream) -> np.ndarray | None:
-    """The middle panel: the video model's prediction, or the image model's reconstruction."""
-    if scorer.is_video or stream.last_frame is None:
-        return stream.last_prediction  # None on a stream's first frame
-    return scorer.reconstruct(stream.last_frame)

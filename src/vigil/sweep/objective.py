@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
-from vigil.config import ImagePrep
+from vigil.config import EvaluateConfig
 from vigil.data.prepared import PreparedDataset
-from vigil.data.preprocess import to_tensor
+from vigil.detector import Detector, DetectorRecord
+from vigil.models.spec import model_spec
 
 INFEASIBLE_OBJECTIVE = 0.0
 
@@ -73,67 +73,61 @@ def _finish(total: float, anomaly: float, normal: float, max_normal_error: float
     return TuneErrors(total, anomaly, normal, ratio, feasible, float(objective))
 
 
-@torch.inference_mode()
+def raw_detector(model: nn.Module, data: PreparedDataset, family: str) -> Detector:
+    """An uncalibrated detector over ``model`` (a ``family`` network) that reports raw maps: no
+    blur, no ROI, the frame score is the map's mean (what the ratio is defined on)."""
+    spec = model_spec(family, data.channels, data.size, model.cfg, prep=data.prep)
+    raw = EvaluateConfig(score="mean", median_blur=1, use_error_head=False, roi=None)
+    return Detector(model, DetectorRecord(spec=spec, postprocess=raw))
+
+
 def image_errors(
-    model: nn.Module,
-    data: PreparedDataset,
-    prep: ImagePrep,
-    max_normal_error: float,
-    batch_size: int = 32,
+    model: nn.Module, data: PreparedDataset, family: str, max_normal_error: float
 ) -> TuneErrors:
-    """Per-pixel error maps (B, 1, H, W) of the tune images -> TuneErrors."""
+    """Per-pixel error maps of the tune images -> TuneErrors."""
     rows = data.indices("tune")
     labels = data.labels("tune")
     masks = np.asarray(data.masks[rows], dtype=bool)  # (N, H, W)
     if not masks.any():
         raise _no_anomalies(data, "anomaly masks (anomalous images with ground-truth masks)")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    maps = []
-    for start in range(0, len(rows), batch_size):
-        x = to_tensor(np.asarray(data.frames[rows[start : start + batch_size]]), prep).to(device)
-        maps.append(model(x).error_map[:, 0].float().cpu().numpy())
-    model.train(was_training)
-    error = np.concatenate(maps).astype(np.float64)  # (N, H, W)
+    error = raw_detector(model, data, family).score_prepared(np.asarray(data.frames[rows])).maps
+    error = error.astype(np.float64)
     normal = error[labels == 0].mean() if (labels == 0).any() else np.nan
     return _finish(float(error.mean()), float(error[masks].mean()), float(normal), max_normal_error)
 
 
-@torch.inference_mode()
 def video_errors(
-    model: nn.Module, data: PreparedDataset, prep: ImagePrep, max_normal_error: float
+    model: nn.Module, data: PreparedDataset, family: str, max_normal_error: float
 ) -> TuneErrors:
-    """Per-frame prediction errors of the tune clips (each clip one (1, T, C, H, W) pass)."""
+    """Per-frame prediction errors of the tune clips, stepped as a stream (unscored frames,
+    e.g. a clip's first, are skipped)."""
     label_of = {it.index: it.label for it in data.items}
     clips = [rows for rows in data.videos("tune") if len(rows) >= 2]
     if not any(label_of[int(r)] for rows in clips for r in rows[1:]):
         raise _no_anomalies(data, "anomalous frames")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    errors, labels = [], []
-    for rows in clips:
-        clip = to_tensor(np.asarray(data.frames[rows]), prep).unsqueeze(0).to(device)
-        error_map = model(clip).error_map  # (1, T-1, 1, H, W) for frames 1..T-1
-        errors.append(error_map.flatten(2).mean(dim=2)[0].float().cpu().numpy())
-        labels.append(np.array([label_of[int(r)] for r in rows[1:]]))
-    model.train(was_training)
-    err = np.concatenate(errors).astype(np.float64)
-    lab = np.concatenate(labels)
+    parts = raw_detector(model, data, family).score_clips([np.asarray(data.frames[r]) for r in clips])
+    err = np.concatenate([p.raw[p.valid] for p in parts]).astype(np.float64)
+    lab = np.concatenate([
+        np.array([label_of[int(r)] for r in rows])[p.valid] for rows, p in zip(clips, parts)
+    ])
     normal = err[lab == 0].mean() if (lab == 0).any() else np.nan
     return _finish(float(err.mean()), float(err[lab == 1].mean()), float(normal), max_normal_error)
 
 
 def tune_errors(
-    model: nn.Module, data: PreparedDataset, prep: ImagePrep, max_normal_error: float
+    model: nn.Module, data: PreparedDataset, family: str, max_normal_error: float
 ) -> TuneErrors:
-    """The objective's errors for ``data.modality`` on the tune split."""
+    """The objective's errors of ``model`` (a network of ``family``) on the tune split; the
+    network's train/eval mode is restored (the pruning callback scores a model in training)."""
     if len(data.indices("tune")) == 0:
         raise _no_anomalies(data, "items at all")
-    if data.modality == "image":
-        return image_errors(model, data, prep, max_normal_error)
-    return video_errors(model, data, prep, max_normal_error)
+    was_training = model.training
+    try:
+        if data.modality == "image":
+            return image_errors(model, data, family, max_normal_error)
+        return video_errors(model, data, family, max_normal_error)
+    finally:
+        model.train(was_training)
 
 
 def check_tune_split(data: PreparedDataset) -> None:

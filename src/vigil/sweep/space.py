@@ -1,9 +1,9 @@
 """The search space over the encoding size (``configs/search_space.yaml``), strictly validated.
 
-Each knob is ``{choices: [...]}`` or an integer range ``{low, high, log, step}``. Only the knobs
-that set the encoding size may be searched: ``depth``, ``filters``, ``latent_channels`` for the
-image autoencoder; ``encoder_depth``, ``filters``, ``hidden_channels`` for the video predictor.
-Knobs left out keep their ``model`` value from params.yaml.
+The file maps a model family to its knobs: ``conv_ae: {depth: {choices: [2, 3]}, ...}``. Each knob
+is ``{choices: [...]}`` or an integer range ``{low, high, log, step}``. Only the knobs a family
+declares ``searchable`` (those that set the encoding size) may be searched; knobs left out keep
+their ``model.<family>`` value from params.yaml.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from vigil.config import ConfigError, ImageModelConfig, ModelConfig, VideoModelConfig
-
-SEARCHABLE = {
-    "image": ("depth", "filters", "latent_channels"),
-    "video": ("encoder_depth", "filters", "hidden_channels"),
-}
+from vigil.config import ConfigError, ModelConfig
+from vigil.models.registry import UnknownFamilyError, get_family
 
 
 class SearchSpaceError(ConfigError):
@@ -75,26 +71,32 @@ Knob = Choices | IntRange
 
 
 class SearchSpace(_Strict):
-    image: dict[str, Knob] = {}
-    video: dict[str, Knob] = {}
+    """Knobs per model family (keys: family names)."""
+
+    families: dict[str, dict[str, Knob]] = {}
 
     @model_validator(mode="after")
     def _known_knobs(self) -> SearchSpace:
-        for modality, allowed in SEARCHABLE.items():
-            unknown = sorted(set(getattr(self, modality)) - set(allowed))
+        for name, knobs in self.families.items():
+            try:
+                allowed = get_family(name).searchable
+            except UnknownFamilyError as error:
+                raise ValueError(str(error)) from None
+            unknown = sorted(set(knobs) - set(allowed))
             if unknown:
                 raise ValueError(
-                    f"{modality}: cannot search {', '.join(unknown)} (searchable: "
+                    f"{name}: cannot search {', '.join(unknown)} (searchable: "
                     f"{', '.join(allowed)})"
                 )
         return self
 
-    def knobs(self, modality: str) -> dict[str, Knob]:
-        knobs = getattr(self, modality)
+    def knobs(self, family: str) -> dict[str, Knob]:
+        knobs = self.families.get(family)
         if not knobs:
+            example = get_family(family).searchable[0]
             raise SearchSpaceError(
-                f"search space has no knobs for the {modality!r} model (key {modality!r} is "
-                f"missing or empty); add e.g. {SEARCHABLE[modality][0]}: {{choices: [2, 3]}}"
+                f"search space has no knobs for the {family!r} model family (key {family!r} is "
+                f"missing or empty); add e.g. {example}: {{choices: [2, 3]}}"
             )
         return knobs
 
@@ -103,7 +105,8 @@ def _format(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid search space"]
     for item in error.errors():
         key = ".".join(
-            str(p) for p in item["loc"] if not str(p).startswith(("Choices", "IntRange"))
+            str(p) for p in item["loc"]
+            if not str(p).startswith(("Choices", "IntRange")) and p != "families"
         )
         lines.append(f"  {key or '(top level)'}: {item['msg']}")
     return "\n".join(lines)
@@ -113,12 +116,12 @@ def parse_space(raw: Any, path: Path | str = "configs/search_space.yaml") -> Sea
     path = Path(path)
     if not raw:
         raise SearchSpaceError(
-            f"{path}: search space is empty; define 'image' and/or 'video' knobs"
+            f"{path}: search space is empty; define knobs per model family (e.g. 'conv_ae')"
         )
     if not isinstance(raw, dict):
         raise SearchSpaceError(f"{path}: expected a mapping, got {type(raw).__name__}")
     try:
-        return SearchSpace.model_validate(raw)
+        return SearchSpace.model_validate({"families": raw})
     except ValidationError as error:
         raise SearchSpaceError(_format(path, error)) from None
 
@@ -157,12 +160,10 @@ def grid_size(knobs: dict[str, Knob]) -> int:
     return len(list(itertools.product(*grid(knobs).values())))
 
 
-def model_config(
-    base: ModelConfig, modality: str, values: dict[str, int]
-) -> ImageModelConfig | VideoModelConfig:
-    """The params.yaml model config of ``modality`` with the searched knobs replaced."""
-    current = base.image if modality == "image" else base.video
+def model_config(base: ModelConfig, family: str, values: dict[str, int]):
+    """The family's params.yaml knobs (``model.<family>``) with the searched ones replaced."""
+    current = base.family_config(family)
     try:
         return type(current).model_validate({**current.model_dump(), **values})
     except ValidationError as error:
-        raise SearchSpaceError(f"search space gives an invalid {modality} model: {error}") from None
+        raise SearchSpaceError(f"search space gives an invalid {family} model: {error}") from None

@@ -34,7 +34,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from vigil.atomic import atomic_write_json
-from vigil.config import ImagePrep, Params, optuna_storage
+from vigil.config import Params, optuna_storage
 from vigil.data.prepared import PreparedDataset
 from vigil.registry.tracking import connect, ensure_experiment
 from vigil.sweep.objective import check_tune_split, tune_errors
@@ -136,7 +136,7 @@ def open_storage(
 
 
 def study_name(params: Params, space: SearchSpace, data: PreparedDataset) -> str:
-    knobs = space.knobs(data.modality)
+    knobs = space.knobs(dataset_family(params, data))
     blob = json.dumps(
         {
             "space": {k: v.model_dump() for k, v in knobs.items()},
@@ -187,8 +187,9 @@ def _count(study: optuna.Study, states=(*FINISHED, TrialState.RUNNING)) -> int:
 # --- one trial -------------------------------------------------------------------------------
 
 
-def _prep(params: Params, modality: str) -> ImagePrep:
-    return params.prepare.image if modality == "image" else params.prepare.video
+def dataset_family(params: Params, data: PreparedDataset) -> str:
+    """The model family the dataset's (per-dataset) params choose for its modality."""
+    return params.for_dataset(data.name).model.family_name(data.modality)
 
 
 class Objective:
@@ -203,7 +204,7 @@ class Objective:
         self.knobs = knobs
         self.parent_run_id = parent_run_id
         self.data = PreparedDataset.load(dataset_dir)
-        self.prep = _prep(params, self.data.modality)
+        self.family = dataset_family(params, self.data)
 
     def _scorer(self, trial: optuna.Trial):
         """The pruning metric: the tune objective of the model in training; its errors are kept
@@ -211,7 +212,7 @@ class Objective:
 
         def score(module) -> float:
             errors = tune_errors(
-                module.model, self.data, self.prep, self.params.sweep.max_normal_error
+                module.model, self.data, self.family, self.params.sweep.max_normal_error
             )
             enc = _encoding_shape(module.model, *self.data.size)
             attrs = {
@@ -230,7 +231,7 @@ class Objective:
         from vigil.training import fit
 
         values = suggest(trial, self.knobs)
-        cfg = model_config(self.params.model, self.data.modality, values)
+        cfg = model_config(self.params.for_dataset(self.data.name).model, self.family, values)
         trial.set_user_attr("model", cfg.model_dump(mode="json"))
         trial.set_user_attr("worker", worker_id())
         pruning = OptunaPruning(trial, self._scorer(trial))
@@ -258,7 +259,7 @@ class Objective:
         finally:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
         model, _ = load_trained(out)
-        errors = tune_errors(model, self.data, self.prep, self.params.sweep.max_normal_error)
+        errors = tune_errors(model, self.data, self.family, self.params.sweep.max_normal_error)
         enc = _encoding_shape(model, *self.data.size)
         attrs = {
             **errors.as_dict(),
@@ -284,10 +285,8 @@ def worker_id() -> str:
 
 
 def _encoding_shape(model, height: int, width: int) -> tuple[int, int, int]:
-    """(C, H', W'): the bottleneck (image) or the ConvLSTM state (video)."""
-    if hasattr(model, "encoding_shape"):
-        return tuple(int(d) for d in model.encoding_shape(height, width))
-    return tuple(int(d) for d in model.init_state(1, height, width)[0].shape[1:])
+    """(C, H', W'): the network's encoding (every family declares it)."""
+    return tuple(int(d) for d in model.encoding_shape(height, width))
 
 
 # --- workers ---------------------------------------------------------------------------------
@@ -309,7 +308,7 @@ def _worker(
     the study holds ``sweep.n_trials`` (other workers, other machines, count too)."""
     import torch
 
-    from vigil.models import ImageTooSmallError
+    from vigil.models.blocks import ImageTooSmallError
     from vigil.models.lightning import NonFiniteLossError
 
     if torch_threads:
@@ -553,7 +552,7 @@ def run_sweep(
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     space = load_space(params.sweep.space)
     data = PreparedDataset.load(dataset_dir)
-    knobs = space.knobs(data.modality)
+    knobs = space.knobs(dataset_family(params, data))
     check_tune_split(data)
     if params.sweep.sampler == "grid" and grid_size(knobs) < params.sweep.n_trials:
         log.warning(
@@ -619,27 +618,29 @@ def run_stage(
     declared output (empty plot data, a figure and a pruning summary saying the sweep was
     skipped), so ``dvc repro`` finds them all."""
     root = Path(root)
-    spec = params.dataset(dataset)
+    params = params.for_dataset(dataset)
     out = Path(out) if out else root / "models" / dataset / "best_config.json"
     reports = root / "reports" / dataset
+    data_dir = root / "data" / "prepared" / dataset
     if params.sweep.n_trials == 0:
-        best = _skip_sweep(params, spec.modality, reports)
+        best = _skip_sweep(params, PreparedDataset.load(data_dir), reports)
     else:
-        result = run_sweep(params, root / "data" / "prepared" / dataset, reports, n_workers)
+        result = run_sweep(params, data_dir, reports, n_workers)
         best = result.best_config()
+    best["family"] = dataset_family(params, PreparedDataset.load(data_dir))
     atomic_write_json(out, best)
     return best
 
 
-def _skip_sweep(params: Params, modality: str, reports: Path) -> dict[str, Any]:
+def _skip_sweep(params: Params, data: PreparedDataset, reports: Path) -> dict[str, Any]:
     """``sweep.n_trials: 0``: the configured model as the best config, and the stage's report
     files (``sweep.json``, ``sweep.csv``, ``sweep.png``, ``pruning.json``) saying so."""
     from vigil.models.spec import build_model, model_spec
 
-    configured = params.model.image if modality == "image" else params.model.video
-    prep = _prep(params, modality)
-    model = build_model(model_spec(modality, prep.channels, prep.size, configured, prep=prep))
-    encoding = _encoding_shape(model, *prep.size)
+    family = dataset_family(params, data)
+    configured = params.model.family_config(family)
+    model = build_model(model_spec(family, data.channels, data.size, configured, prep=data.prep))
+    encoding = _encoding_shape(model, *data.size)
     write_plot_data([], reports / "sweep.json", reports / "sweep.csv")
     skipped_figure(reports / "sweep.png", configured.model_dump(mode="json"), encoding)
     atomic_write_json(

@@ -27,13 +27,14 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from vigil.atomic import atomic_write_json
-from vigil.config import ImageModelConfig, ImagePrep, Params, VideoModelConfig
+from pydantic import BaseModel
+
+from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
-from vigil.models.lightning import AnomalyModule
+from vigil.models.registry import get_family
 from vigil.models.spec import build_model, model_spec, save_trained
 from vigil.registry.tracking import connect, ensure_experiment
 from vigil.training import tracking
-from vigil.training.datasets import training_datasets
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +59,22 @@ def experiment_name(dataset: str) -> str:
     return f"vigil-{dataset}"
 
 
-def _prep_for(params: Params, modality: str) -> ImagePrep:
-    return params.prepare.image if modality == "image" else params.prepare.video
-
-
-def _model_cfg_for(
-    params: Params, modality: str, override: ImageModelConfig | VideoModelConfig | dict | None
-) -> ImageModelConfig | VideoModelConfig:
-    cls = ImageModelConfig if modality == "image" else VideoModelConfig
+def dataset_model_config(
+    params: Params, dataset: str, modality: str, override: BaseModel | dict | None = None
+) -> tuple[str, BaseModel]:
+    """(family name, typed knobs) of ``dataset``: its family's section of the (per-dataset)
+    model params, or ``override`` (the sweep's trial / best config) for that family."""
+    model = params.for_dataset(dataset).model
+    family = model.family_name(modality)
     if override is None:
-        return params.model.image if modality == "image" else params.model.video
+        return family, model.family_config(family)
+    config_cls = get_family(family).config
     if isinstance(override, dict):
-        return cls.model_validate(override)
-    if not isinstance(override, cls):
-        raise TypeError(f"{modality} dataset needs a {cls.__name__}, got {type(override).__name__}")
-    return override
+        return family, config_cls.model_validate(override)
+    if not isinstance(override, config_cls):
+        raise TypeError(f"family {family!r} needs a {config_cls.__name__}, got "
+                        f"{type(override).__name__}")
+    return family, override
 
 
 def _fingerprint(spec: dict, params: Params, data: PreparedDataset) -> str:
@@ -171,7 +173,7 @@ def fit(
     dataset_dir: Path | str,
     out_dir: Path | str,
     *,
-    model_cfg: ImageModelConfig | VideoModelConfig | dict | None = None,
+    model_cfg: BaseModel | dict | None = None,
     max_epochs: int | None = None,
     parent_run_id: str | None = None,
     callbacks: Sequence[pl.Callback] = (),
@@ -190,13 +192,13 @@ def fit(
     client = connect()  # fail fast, with the URI, before any work
     data = PreparedDataset.load(dataset_dir)
     modality = data.modality
-    prep = _prep_for(params, modality)
-    cfg = _model_cfg_for(params, modality, model_cfg)
-    spec = model_spec(modality, data.channels, data.size, cfg, prep=prep)
+    prep = data.prep  # what the frames went through: the manifest is the one source
+    params = params.for_dataset(data.name) if data.name in params.data.datasets else params
+    family, cfg = dataset_model_config(params, data.name, modality, model_cfg)
+    spec = model_spec(family, data.channels, data.size, cfg, prep=prep)
     pl.seed_everything(params.train.seed, workers=True, verbose=False)
     model = build_model(spec)  # raises ImageTooSmallError before a run exists
-    clip_len = params.prepare.video.clip_len if modality == "video" else None
-    train_set, val_set = training_datasets(data, prep, clip_len)
+    plan = get_family(family).plan(model, data, prep, params.train)
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
@@ -221,8 +223,8 @@ def fit(
     try:
         _write_state(ckpt_dir, fingerprint, run_id, completed=False)
         result = _train_and_save(
-            params, data, prep, spec, model, train_set, val_set, out_dir, ckpt_dir, ckpt_path,
-            client, run_id, max_epochs, callbacks, log_model_images, clip_len, started,
+            params, data, spec, model, plan, out_dir, ckpt_dir, ckpt_path,
+            client, run_id, max_epochs, callbacks, log_model_images, started,
         )
         _write_state(ckpt_dir, fingerprint, run_id, completed=True)
         return result
@@ -236,11 +238,9 @@ def fit(
 def _train_and_save(
     params: Params,
     data: PreparedDataset,
-    prep: ImagePrep,
     spec: dict,
     model: torch.nn.Module,
-    train_set,
-    val_set,
+    plan,
     out_dir: Path,
     ckpt_dir: Path,
     ckpt_path: Path | None,
@@ -249,32 +249,26 @@ def _train_and_save(
     max_epochs: int,
     callbacks: Sequence[pl.Callback],
     log_model_images: bool,
-    clip_len: int | None,
     started: float,
 ) -> FitResult:
     train = params.train
-    flat = tracking.run_params(params, data.name, data.modality, model.cfg)
+    prep = data.prep
+    flat = tracking.run_params(params, data.name, spec)
     tracking.log_params(client, run_id, flat)
     tracking.log_dataset(client, run_id, data)
-    h, w = data.size
-    enc = model.encoding_shape(h, w) if hasattr(model, "encoding_shape") else None
-    if enc is None:  # video: the ConvLSTM state is the encoding
-        state = model.init_state(1, h, w)[0]
-        enc = tuple(state.shape[1:])
+    enc = model.encoding_shape(*data.size)
     n_params = sum(p.numel() for p in model.parameters())
     client.log_metric(run_id, "n_params", n_params)
     client.log_metric(run_id, "encoding_size", int(enc[0] * enc[1] * enc[2]))
     client.set_tag(run_id, "vigil.encoding_shape", "x".join(str(d) for d in enc))
 
-    module = AnomalyModule(
-        model, loss=train.loss, lr=train.lr, weight_decay=train.weight_decay,
-        data_range=1.0 if prep.normalize == "unit" else None,
-    )
+    module = plan.module
+    clip_len = plan.frames_per_sample if data.modality == "video" else None
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val_loss", mode="min",
         save_top_k=1, save_last=True,
     )
-    throughput = _Throughput(clip_len or 1)
+    throughput = _Throughput(plan.frames_per_sample)
     all_callbacks: list[pl.Callback] = [
         checkpoint,
         EarlyStopping(monitor="val_loss", mode="min", patience=train.patience),
@@ -292,10 +286,10 @@ def _train_and_save(
     all_callbacks.extend(callbacks)
     generator = torch.Generator().manual_seed(train.seed)
     train_loader = DataLoader(
-        train_set, batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers,
+        plan.train_set, batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers,
         generator=generator, drop_last=False,
     )
-    val_loader = DataLoader(val_set, batch_size=train.batch_size, num_workers=train.num_workers)
+    val_loader = DataLoader(plan.val_set, batch_size=train.batch_size, num_workers=train.num_workers)
     _quiet_lightning_tips()
     trainer = pl.Trainer(
         max_epochs=max_epochs,

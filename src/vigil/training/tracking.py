@@ -26,7 +26,7 @@ from vigil.config import ImagePrep, Params
 from vigil.data.prepared import PreparedDataset
 from vigil.data.preprocess import to_tensor
 from vigil.registry.tracking import flatten, iter_chunks
-from vigil.training.datasets import clip_windows
+from vigil.data.torch_datasets import clip_windows
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -42,11 +42,14 @@ def git_commit(root: Path | str | None = None) -> str:
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
-def run_params(params: Params, dataset: str, modality: str, model_cfg: Any) -> dict[str, Any]:
-    """All params flattened with dotted names, the trained model section replaced by
-    ``model_cfg`` (the sweep's or best-config override), plus ``data.dataset``."""
-    raw = params.model_dump(mode="json")
-    raw["model"][modality] = model_cfg.model_dump(mode="json")
+def run_params(params: Params, dataset: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's params (overrides merged) flattened with dotted names, with what the
+    model spec fixed: ``model.family`` and ``model.<family>.*`` (the sweep's or best-config
+    knobs) and ``prepare.<modality>.*`` (the prepared manifest's preprocessing); plus
+    ``data.dataset``."""
+    raw = params.model_dump(mode="json", exclude={"data"})
+    raw["model"] = {"family": spec["family"], spec["family"]: spec["model"]}
+    raw["prepare"] = {spec["modality"]: spec["prep"], "split": raw["prepare"]["split"]}
     flat = flatten(raw)
     flat["data.dataset"] = dataset
     return {k: ("None" if v is None else v) for k, v in flat.items()}

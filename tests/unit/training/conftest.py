@@ -34,10 +34,14 @@ def _scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def _manifest(name: str, modality: str, frames: np.ndarray, items: list[dict]) -> dict:
+    prep = {"size": list(frames.shape[1:3]), "channels": int(frames.shape[3])}
+    if modality == "video":
+        prep.update(clip_len=4, fps=None)
     return {
         "dataset": name,
         "modality": modality,
         "source": f"tests/{name}",
+        "params": {"prep": prep},
         "content_hash": hashlib.sha256(frames.tobytes()).hexdigest(),
         "items": items,
     }
@@ -109,8 +113,8 @@ def tiny_params(**train) -> Params:
                 "video": {"size": [32, 32], "channels": 1, "clip_len": 4},
             },
             "model": {
-                "image": {"depth": 2, "filters": 8, "latent_channels": 4},
-                "video": {"encoder_depth": 2, "filters": 8, "hidden_channels": 8},
+                "conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4},
+                "convlstm": {"encoder_depth": 2, "filters": 8, "hidden_channels": 8},
             },
             "train": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu",
                       "log_images_every_n_epochs": 1, **train},

@@ -11,17 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vigil.config import VideoModelConfig
-from vigil.models.autoencoder import (
+from vigil.models.blocks import (
     ConvDecoder,
     ErrorHead,
     OutputActivation,
     activation,
     block_filters,
+    check_size,
     down_block,
     pad_to_multiple,
     padded_size,
 )
+from vigil.models.convlstm.config import ConvLSTMConfig
 from vigil.models.outputs import AnomalyOutput, anomaly_output
 
 State = tuple[torch.Tensor, torch.Tensor]  # (hidden, cell), each (B, hidden_channels, h, w)
@@ -56,7 +57,7 @@ class FramePredictor(nn.Module):
     frame) or ``step`` (next-frame prediction) for streaming."""
 
     def __init__(
-        self, in_channels: int, cfg: VideoModelConfig, output: OutputActivation = "sigmoid"
+        self, in_channels: int, cfg: ConvLSTMConfig, output: OutputActivation = "sigmoid"
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -71,6 +72,12 @@ class FramePredictor(nn.Module):
         self.decoder = ConvDecoder(cfg.hidden_channels, filters, in_channels, False, False)
         self.output = activation(output)
         self.error_head = ErrorHead(filters[0]) if cfg.error_head else None
+
+    def encoding_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, H', W') of the ConvLSTM state (the encoding) for frames of ``height`` x ``width``."""
+        check_size(height, width, self.depth)
+        ph, pw = padded_size(height, width, self.depth)
+        return self.cfg.hidden_channels, ph // 2**self.depth, pw // 2**self.depth
 
     def init_state(self, batch: int, height: int, width: int) -> State:
         """Zero state for frames of ``height`` x ``width`` (image size, not feature size)."""

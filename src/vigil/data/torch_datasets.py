@@ -67,18 +67,3 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return to_tensor(self.data.frames[self.windows[i]], self.prep)
-
-
-def training_datasets(
-    data: PreparedDataset, prep: ImagePrep, clip_len: int | None
-) -> tuple[Dataset, Dataset]:
-    """(train, val) datasets: images, or clips (train windows overlap by half) for video."""
-    if data.modality == "image":
-        return ImageDataset(data, "train", prep), ImageDataset(data, "val", prep)
-    if clip_len is None:
-        raise ValueError("video datasets need a clip_len")
-    stride = max(1, clip_len // 2)
-    return (
-        ClipDataset(data, "train", prep, clip_len, stride),
-        ClipDataset(data, "val", prep, clip_len, clip_len),
-    )

@@ -12,7 +12,8 @@ Each step is a knob in ``EvaluateConfig`` (params.yaml ``evaluate``):
    it can neither raise the image score nor light up the heat map.
 4. ``binarize``: pixel threshold, then connected components smaller than ``min_area`` pixels
    are dropped (``cv2.connectedComponentsWithStats``).
-5. ``overlay``: JET colormap (blue = low, red = high) blended on the input image.
+5. ``overlay``: JET colormap (blue = low, red = high) blended on the input image; ``Detector``
+   draws it at the input's own resolution (``map_to_input``).
 
 The image score is a summary of the smoothed (continuous) map: ``mean``, ``max`` or the mean of
 the top ``topk_fraction`` of its pixels (``image_score``). Everything works on batches
@@ -22,7 +23,6 @@ the top ``topk_fraction`` of its pixels (``image_score``). Everything works on b
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -36,15 +36,6 @@ Roi = tuple[int, int, int, int]
 _FLOAT_MEDIAN_KERNELS = (1, 3, 5)
 #: Blend weight of the colored heat map over the input image in ``overlay``.
 OVERLAY_ALPHA = 0.45
-
-
-class HeatMap(NamedTuple):
-    """One frame's post-processed result."""
-
-    map: np.ndarray  # float32 (H, W): smoothed error map, the score's source
-    mask: np.ndarray  # uint8 (H, W) in {0, 1}: thresholded and denoised anomaly regions
-    overlay: np.ndarray  # uint8 (H, W, 3) BGR: colored map blended on the input
-    score: float
 
 
 def _as_batch(maps: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -111,21 +102,17 @@ def apply_roi(maps: np.ndarray, roi: Roi | None) -> np.ndarray:
 
 
 def smooth_map(
-    maps: np.ndarray,
-    cfg: EvaluateConfig,
-    predicted_error: np.ndarray | None = None,
-    roi: Roi | None = None,
+    maps: np.ndarray, cfg: EvaluateConfig, predicted_error: np.ndarray | None = None
 ) -> np.ndarray:
     """Steps 1-3 of the chain: error maps (H, W) or (N, H, W) -> smoothed maps, float32.
 
-    ``predicted_error`` (same shape) is used only when ``cfg.use_error_head``; ``roi`` defaults
-    to ``cfg.roi`` when the config has one.
+    ``predicted_error`` (same shape) is used only when ``cfg.use_error_head``.
     """
     maps = np.asarray(maps, dtype=np.float32)
     if cfg.use_error_head and predicted_error is not None:
         maps = mask_predicted_error(maps, predicted_error)
     maps = median_blur(maps, cfg.median_blur)
-    return apply_roi(maps, roi if roi is not None else cfg.roi)
+    return apply_roi(maps, cfg.roi)
 
 
 def image_score(maps: np.ndarray, cfg: EvaluateConfig) -> np.ndarray | float:
@@ -202,31 +189,43 @@ def overlay(
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != base.shape[:2]:
         heat = cv2.resize(heat, (base.shape[1], base.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return overlay_bgr(base, heat, vmax, alpha)
+
+
+def bgr_input(image: np.ndarray) -> np.ndarray:
+    """A decoded input as OpenCV reads it (gray (H, W[, 1]) or BGR (H, W, 3)) -> BGR uint8."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"expected an image (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+
+
+def map_to_input(
+    anomaly_map: np.ndarray, size: tuple[int, int], roi: Roi | None = None
+) -> np.ndarray:
+    """A map at model resolution (h, w) -> float32 (H, W) in the input's pixels: resized to the
+    whole input, or into ``roi`` = (x, y, w, h) of the input when preprocessing cropped one
+    (zero outside it)."""
+    height, width = size
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    if roi is None:
+        return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    x, y, w, h = (int(v) for v in roi)
+    w, h = min(w, width - x), min(h, height - y)
+    out = np.zeros((height, width), np.float32)
+    if w > 0 and h > 0:
+        out[y : y + h, x : x + w] = cv2.resize(anomaly_map, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def overlay_bgr(
+    base: np.ndarray, heat: np.ndarray, vmax: float, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
+    """Blend the JET-colored ``heat`` (H, W) over a BGR uint8 image (H, W, 3) of the same size."""
     return cv2.addWeighted(colorize(heat, vmax), alpha, base, 1.0 - alpha, 0.0)
-
-
-def heat_map(
-    image: np.ndarray,
-    error_map: np.ndarray,
-    cfg: EvaluateConfig,
-    pixel_threshold: float,
-    predicted_error: np.ndarray | None = None,
-    vmax: float | None = None,
-    roi: Roi | None = None,
-) -> HeatMap:
-    """The whole chain for one frame: image uint8 (H, W, C), error map float (H, W).
-
-    ``vmax`` (the red end of the colormap) defaults to twice the pixel threshold, so a pixel at
-    the threshold sits mid-scale (green) on every frame and colors compare across frames.
-    """
-    smoothed = smooth_map(error_map, cfg, predicted_error, roi)
-    mask = binarize(smoothed, pixel_threshold, cfg.min_area)
-    top = vmax if vmax is not None else 2.0 * pixel_threshold
-    if not top > 0:
-        top = float(smoothed.max()) or 1.0
-    return HeatMap(
-        map=smoothed,
-        mask=mask,
-        overlay=overlay(image, smoothed, top),
-        score=image_score(smoothed, cfg),
-    )
