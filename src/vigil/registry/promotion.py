@@ -1,239 +1,106 @@
 """Registration and gated promotion with registry aliases (never stages).
 
-Every candidate becomes a new version of ``<prefix>-<dataset>-<modality>``, created with its tags
-in one call (gate verdict and reasons, ``vigil.metric.*``, git commit, data hash, test-split hash,
-package sha256), and gets the ``challenger`` alias. Only a gate pass moves ``champion``;
-``force_promote`` moves it on a person's say-so and records who and why.
+Every candidate becomes a new version of ``<prefix>-<dataset>-<modality>`` created with its tags
+in one call (metrics, reasons, criteria, gate-settings hash, lineage, package sha256) and gets the
+``challenger`` alias. ``champion`` moves only on a gate pass by a run that is allowed to promote
+(``vigil.registry.policy``); ``force_promote`` moves it on a person's say-so, on the record.
 
-The champion alias never points at a half-registered version: the alias is the last registry
-write, made only after the version is READY and its downloaded files match the checksum
-recorded at logging. Any failure before it (registry unreachable, tampered files, the champion
-moved by someone else meanwhile) raises ``PromotionError`` and leaves the alias where it was:
-raw MLflow and connection errors are wrapped by ``registry_errors`` into ``PromotionError`` naming
-the step, so callers handle one exception type.
+Order of writes (crash-safe): the version is created with ``vigil.decision.state=pending`` and no
+verdict tag; its files are verified against the recorded checksum; ``challenger`` is set; the
+decision file is written; then the verdict tag (``vigil.gate.passed``) and state ``recorded``;
+the ``champion`` alias is the last write. A failure after the decision file rewrites it as
+``failed`` (nothing promoted) and raises ``PromotionError``; a crash leaves a ``pending`` version
+with no verdict, which the next registration of that model marks ``orphaned`` and rejected
+(``repair_orphans``), so no READY version claims a pass without its decision.
 """
 
 from __future__ import annotations
 
-import math
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.tracking import MlflowClient
 
-from vigil.atomic import atomic_write_json
 from vigil.config import GateConfig
-from vigil.registry.package import CHECKSUM_TAG, LoggedPackage, package_checksum
+from vigil.registry.decision import Decision, rolled_back, write_decision
+from vigil.registry.package import LoggedPackage
+from vigil.registry.policy import PolicyVerdict
+from vigil.registry.versions import (  # noqa: F401  (re-exported: the registry's public names)
+    CHALLENGER,
+    CHAMPION,
+    LINEAGE_HASHES,
+    MAX_TAG_VALUE,
+    METRIC_TAG_PREFIX,
+    TAG_DECISION_STATE,
+    TAG_DVC_EXPERIMENT,
+    TAG_FORCE_REASON,
+    TAG_FORCED_AT,
+    TAG_FORCED_BY,
+    TAG_GATE_PASSED,
+    TAG_GATE_REASONS,
+    TAG_GATE_SETTINGS,
+    TAG_PROMOTION_ALLOWED,
+    TAG_PROMOTION_POLICY,
+    TAG_PROMOTION_WHY,
+    PromotionError,
+    alias_version,
+    candidate_tags,
+    ensure_registered_model,
+    is_number,
+    metrics_from_tags,
+    model_name,
+    registry_errors,
+    verify_version,
+    wait_until_ready,
+)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-METRIC_TAG_PREFIX = "vigil.metric."
-TAG_GATE_PASSED = "vigil.gate.passed"
-TAG_GATE_REASONS = "vigil.gate.reasons"
-TAG_FORCED_BY = "vigil.forced_by"
-TAG_FORCE_REASON = "vigil.force_reason"
-TAG_FORCED_AT = "vigil.forced_at"
-_MAX_TAG_VALUE = 5000
-#: Lineage keys the gate reads back from a champion's ``vigil.<key>`` tags.
-LINEAGE_HASHES = ("data_hash", "test_split_hash")
-
-
-class PromotionError(RuntimeError):
-    """Registration or promotion could not complete; the champion alias was not moved."""
-
-
-def _registry_failures() -> tuple[type[BaseException], ...]:
-    """Exception types that mean the registry or its artifact store failed, not bad input."""
-    from mlflow.exceptions import MlflowException
-
-    failures: list[type[BaseException]] = [MlflowException, ConnectionError, TimeoutError]
-    try:
-        from requests.exceptions import RequestException
-
-        failures.append(RequestException)
-    except ImportError:  # pragma: no cover - requests comes with mlflow
-        pass
-    return tuple(failures)
-
-
-@contextmanager
-def registry_errors(step: str) -> Iterator[None]:
-    """Turn a raw MLflow, HTTP or connection error inside the block into ``PromotionError``
-    naming ``step`` (e.g. "registering version of vigil-capsules-image")."""
-    try:
-        yield
-    except PromotionError:
-        raise
-    except _registry_failures() as error:
-        text = str(error).strip()
-        detail = text.splitlines()[0] if text else "no message"
-        raise PromotionError(f"{step}: {type(error).__name__}: {detail}") from error
+#: A ``pending`` version younger than this may still be mid-registration by another process.
+ORPHAN_AGE_S = 3600.0
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What happened to one candidate: the decision file's content."""
-
-    model_name: str
-    version: str
-    passed: bool
-    promoted: bool
-    reasons: list[str]
-    champion_before: str | None
-    champion_after: str | None
-    checksum: str | None = None
-    run_id: str | None = None
-    forced: bool = False
-    who: str | None = None
-    why: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    gate: dict[str, Any] = field(default_factory=dict)
-    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """One plain line: the verdict a person reads first."""
-        if self.forced:
-            head = f"FORCED: {self.model_name} version {self.version} is champion"
-            return f"{head} (by {self.who}: {self.why}; was {self.champion_before})"
-        verdict = "PASSED" if self.passed else "REJECTED"
-        where = (
-            f"version {self.version} is now champion"
-            if self.promoted
-            else f"champion stays {self.champion_before or '(none)'}"
-        )
-        return f"gate {verdict}: {self.model_name} version {self.version}; {where}"
-
-
-def model_name(prefix: str, dataset: str, modality: str) -> str:
-    return f"{prefix}-{dataset}-{modality}"
-
-
-# --- reading the registry -------------------------------------------------------------------
-
-
-def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version ``alias`` points at, or None when the model or alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-
-
-def metrics_from_tags(tags: dict[str, str]) -> dict[str, Any]:
-    """``vigil.metric.<key>`` tags -> ``{key: float}`` plus ``data_hash`` and
-    ``test_split_hash`` (the gate's input)."""
-    metrics: dict[str, Any] = {}
-    for key, value in tags.items():
-        if key.startswith(METRIC_TAG_PREFIX):
-            try:
-                metrics[key[len(METRIC_TAG_PREFIX) :]] = float(value)
-            except ValueError:
-                continue
-    for key in LINEAGE_HASHES:
-        if tags.get(f"vigil.{key}"):
-            metrics[key] = tags[f"vigil.{key}"]
-    return metrics
-
-
-def candidate_tags(
-    metrics: dict[str, Any],
-    gate: Any,
-    package: LoggedPackage,
-    lineage: dict[str, str | None],
-) -> dict[str, str]:
-    """All tags of a new version: verdict, metrics, lineage, checksum."""
-    tags = {
-        TAG_GATE_PASSED: str(bool(gate.passed)).lower(),
-        TAG_GATE_REASONS: "; ".join(gate.reasons)[:_MAX_TAG_VALUE],
-        CHECKSUM_TAG: package.checksum,
-        "vigil.threshold": repr(package.threshold),
-        "vigil.weights_sha256": package.weights_sha256,
-    }
-    for key, value in lineage.items():
-        if value:
-            tags[f"vigil.{key}"] = str(value)
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+def repair_orphans(
+    client: MlflowClient, name: str, min_age_s: float = ORPHAN_AGE_S
+) -> list[str]:
+    """Mark versions whose registration was interrupted before the decision was recorded
+    (``vigil.decision.state=pending``, older than ``min_age_s``) as rejected and ``orphaned``;
+    returns one plain note per repaired version."""
+    now_ms = datetime.now(UTC).timestamp() * 1000
+    notes = []
+    for found in client.search_model_versions(f"name = '{name}'"):
+        tags = found.tags or {}
+        if tags.get(TAG_DECISION_STATE) != "pending":
             continue
-        if math.isfinite(float(value)):
-            tags[f"{METRIC_TAG_PREFIX}{key}"] = repr(float(value))
+        if now_ms - float(found.creation_timestamp or 0) < min_age_s * 1000:
+            continue
+        reason = (
+            "registration was interrupted before its decision was recorded; marked rejected "
+            "by a later run (register the model again to gate it)"
+        )
+        client.set_model_version_tag(name, found.version, TAG_GATE_PASSED, "false")
+        client.set_model_version_tag(
+            name, found.version, TAG_GATE_REASONS,
+            f"{reason}; {tags.get(TAG_GATE_REASONS, '')}"[:MAX_TAG_VALUE],
+        )
+        client.set_model_version_tag(name, found.version, TAG_DECISION_STATE, "orphaned")
+        notes.append(f"repaired {name} version {found.version}: {reason}")
+    return notes
+
+
+def _policy_tags(policy: PolicyVerdict | None, settings: dict[str, Any] | None) -> dict[str, str]:
+    import json
+
+    tags = {}
+    if policy is not None:
+        tags[TAG_PROMOTION_POLICY] = policy.policy
+        tags[TAG_PROMOTION_ALLOWED] = str(policy.allowed).lower()
+        tags[TAG_PROMOTION_WHY] = policy.why[:MAX_TAG_VALUE]
+        if policy.experiment is not None:
+            tags[TAG_DVC_EXPERIMENT] = policy.experiment or "(unnamed)"
+    if settings is not None:
+        tags[TAG_GATE_SETTINGS] = json.dumps(settings, sort_keys=True)[:MAX_TAG_VALUE]
     return tags
-
-
-# --- writing the registry -------------------------------------------------------------------
-
-
-def ensure_registered_model(client: MlflowClient, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(name, description="vigil anomaly detector")
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-
-
-def wait_until_ready(
-    client: MlflowClient, name: str, version: str, timeout_s: float = 300.0, poll_s: float = 0.5
-) -> ModelVersion:
-    """Poll until the version is READY; PromotionError when it fails or the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = client.get_model_version(name, version)
-        status = (
-            ModelVersionStatus.from_string(found.status)
-            if isinstance(found.status, str)
-            else found.status
-        )
-        if status == ModelVersionStatus.READY:
-            return found
-        if status == ModelVersionStatus.FAILED_REGISTRATION:
-            raise PromotionError(
-                f"{name} version {version} failed registration: {found.status_message}"
-            )
-        if time.monotonic() > deadline:
-            raise PromotionError(f"{name} version {version} not READY after {timeout_s:.0f} s")
-        time.sleep(poll_s)
-
-
-def verify_version(
-    client: MlflowClient, name: str, version: str, expected: str | None = None
-) -> str:
-    """Download the version's files and check them against ``expected`` (default: its tag)."""
-    import mlflow
-
-    found = wait_until_ready(client, name, version)
-    expected = expected or (found.tags or {}).get(CHECKSUM_TAG)
-    if not expected:
-        raise PromotionError(f"{name} version {version} has no {CHECKSUM_TAG!r} tag to verify")
-    uri = f"models:/{name}/{version}"
-    with tempfile.TemporaryDirectory(prefix="vigil-verify-") as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        except Exception as error:
-            raise PromotionError(f"cannot download {uri} to verify it: {error}") from error
-        actual = package_checksum(local)
-    if actual != expected:
-        raise PromotionError(
-            f"{uri}: files hash to {actual[:16]}... but {expected[:16]}... was recorded: "
-            "the package is incomplete or was modified; not promoting it"
-        )
-    return actual
 
 
 def register_candidate(
@@ -243,13 +110,21 @@ def register_candidate(
     metrics: dict[str, Any],
     gate_cfg: GateConfig,
     lineage: dict[str, str | None] | None = None,
+    *,
+    policy: PolicyVerdict | None = None,
+    decision_path: Path | str | None = None,
+    settings: dict[str, Any] | None = None,
+    orphan_age_s: float = ORPHAN_AGE_S,
 ) -> Decision:
     """Register ``package`` as a new version of ``name``, gate it, alias it; see module doc.
 
-    ``metrics``: the flat dict of ``reports/<D>/metrics.json``; ``lineage``: ``git_commit``,
-    ``data_hash``, ``dataset``, ``modality`` (written as ``vigil.<key>`` tags).
+    ``metrics``: the flat dict of ``reports/<D>/metrics.json`` (plus ``gate_settings_hash``);
+    ``lineage``: ``git_commit``, ``data_hash``, ``dataset``, ``modality`` (written as
+    ``vigil.<key>`` tags); ``policy``: whether this run may move ``champion`` (None: allowed);
+    ``decision_path``: where the decision is recorded before the alias moves; ``settings``: the
+    gate settings (tagged as JSON).
     """
-    from vigil.evaluation.gate import evaluate_gate
+    from vigil.registry.gate import evaluate_gate
 
     lineage = dict(lineage or {})
     candidate = dict(metrics)
@@ -260,39 +135,62 @@ def register_candidate(
             lineage[key] = str(candidate[key])  # e.g. test_split_hash from metrics.json
     with registry_errors(f"reading the champion of {name}"):
         ensure_registered_model(client, name)
+        notes = repair_orphans(client, name, orphan_age_s)
         before = alias_version(client, name, CHAMPION)
     champion = metrics_from_tags(before.tags or {}) if before is not None else None
     gate = evaluate_gate(candidate, champion, gate_cfg)
+    tags = {**candidate_tags(metrics, gate, package, lineage), **_policy_tags(policy, settings)}
     with registry_errors(f"registering a new version of {name}"):
         created = client.create_model_version(
-            name,
-            source=package.model_uri,
-            run_id=package.run_id,
-            tags=candidate_tags(metrics, gate, package, lineage),
+            name, source=package.model_uri, run_id=package.run_id, tags=tags,
             model_id=package.model_id,
         )
     version = str(created.version)
     with registry_errors(f"verifying and aliasing {name} version {version}"):
         verify_version(client, name, version, package.checksum)
         client.set_registered_model_alias(name, CHALLENGER, version)
-    promoted = False
-    if gate.passed:  # the champion alias is the last registry write
-        with registry_errors(f"moving {CHAMPION} of {name} to version {version}"):
-            _promote(client, name, version, before)
-        promoted = True
-    return Decision(
+    promote = bool(gate.passed) and (policy is None or policy.allowed)
+    was = None if before is None else str(before.version)
+    decision = Decision(
         model_name=name,
         version=version,
         passed=bool(gate.passed),
-        promoted=promoted,
+        promoted=promote,
         reasons=list(gate.reasons),
-        champion_before=None if before is None else str(before.version),
-        champion_after=version if promoted else (None if before is None else str(before.version)),
+        champion_before=was,
+        champion_after=version if promote else was,
         checksum=package.checksum,
         run_id=package.run_id,
-        metrics={k: float(v) for k, v in metrics.items() if _is_number(v)},
-        gate=gate.to_dict() if hasattr(gate, "to_dict") else {},
+        metrics={k: float(v) for k, v in metrics.items() if is_number(v)},
+        gate=gate.to_dict(),
+        criteria=list(gate.criteria),
+        promotion=policy.to_dict() if policy is not None else {"allowed": True, "why": "library"},
+        notes=notes,
     )
+    _record_then_promote(client, decision, decision_path, before)
+    return decision
+
+
+def _record_then_promote(
+    client: MlflowClient, decision: Decision, path: Path | str | None, before: ModelVersion | None
+) -> None:
+    """Decision file, then verdict tags, then (on a promotion) the champion alias, last."""
+    name, version = decision.model_name, decision.version
+    if path is not None:
+        write_decision(decision, path)
+    try:
+        with registry_errors(f"recording the verdict on {name} version {version}"):
+            client.set_model_version_tag(
+                name, version, TAG_GATE_PASSED, str(decision.passed).lower()
+            )
+            client.set_model_version_tag(name, version, TAG_DECISION_STATE, "recorded")
+        if decision.promoted:
+            with registry_errors(f"moving {CHAMPION} of {name} to version {version}"):
+                _promote(client, name, version, before)
+    except PromotionError as error:
+        if path is not None:
+            write_decision(rolled_back(decision, error), path)
+        raise
 
 
 def _promote(client: MlflowClient, name: str, version: str, before: ModelVersion | None) -> None:
@@ -320,8 +218,10 @@ def force_promote(
     """Make ``version`` champion whatever its gate verdict; record who and why.
 
     The override skips the gate, not integrity: the version must be READY and its files must
-    match its checksum. Who/why are tagged on the version before the alias moves, and the
-    decision is written to ``<decision_dir>/<name>-v<version>-<UTC time>.json``.
+    match its checksum. The decision is written to ``<decision_dir>/<name>-v<version>-<UTC
+    time>.json`` first (a failure to write it stops here, champion unchanged), then who/why are
+    tagged on the version and the alias moves; when a registry step fails, the record is
+    rewritten as ``failed`` and ``PromotionError`` raised.
     """
     from vigil.registry.tracking import connect
 
@@ -336,10 +236,6 @@ def force_promote(
         before = alias_version(client, name, CHAMPION)
         found = wait_until_ready(client, name, version)
         checksum = verify_version(client, name, version)
-        client.set_model_version_tag(name, version, TAG_FORCED_BY, who)
-        client.set_model_version_tag(name, version, TAG_FORCE_REASON, why[:_MAX_TAG_VALUE])
-        client.set_model_version_tag(name, version, TAG_FORCED_AT, stamp)
-        client.set_registered_model_alias(name, CHAMPION, version)
     tags = found.tags or {}
     decision = Decision(
         model_name=name,
@@ -354,23 +250,23 @@ def force_promote(
         forced=True,
         who=who,
         why=why,
-        metrics={k: v for k, v in metrics_from_tags(tags).items() if _is_number(v)},
+        metrics={k: v for k, v in metrics_from_tags(tags).items() if is_number(v)},
         decided_at=stamp,
+        promotion={"policy": "forced", "allowed": True, "why": f"vigil promote by {who}"},
     )
+    path = None
     if decision_dir is not None:
         safe = stamp.replace(":", "").replace("+", "Z")
-        write_decision(decision, Path(decision_dir) / f"{name}-v{version}-{safe}.json")
+        path = Path(decision_dir) / f"{name}-v{version}-{safe}.json"
+        write_decision(decision, path)  # the record first: if this fails, nothing moved
+    try:
+        with registry_errors(f"force-promoting {name} version {version}"):
+            client.set_model_version_tag(name, version, TAG_FORCED_BY, who)
+            client.set_model_version_tag(name, version, TAG_FORCE_REASON, why[:MAX_TAG_VALUE])
+            client.set_model_version_tag(name, version, TAG_FORCED_AT, stamp)
+            _promote(client, name, version, before)
+    except PromotionError as error:
+        if path is not None:
+            write_decision(rolled_back(decision, error), path)
+        raise
     return decision
-
-
-def write_decision(decision: Decision, path: Path | str) -> Path:
-    """Write the decision JSON atomically (temp file in the same folder, then rename)."""
-    return atomic_write_json(path, decision.to_dict(), indent=2)
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
