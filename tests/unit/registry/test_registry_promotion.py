@@ -7,51 +7,23 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 
-from vigil.config import EvaluateConfig, GateConfig, ImageModelConfig, ImagePrep
-from vigil.registry import package as pkg
+from tests.unit.registry.registry_helpers import (
+    BETTER,
+    GOOD,
+    LINEAGE,
+    NAME,
+    WEAK,
+    champion,
+    logged_package,
+    write_stage_inputs,
+)
 from tests.conftest import load_pipeline
+from vigil.config import GateConfig
+from vigil.registry import package as pkg
 from vigil.registry import promotion as pro
 
-PREP = ImagePrep(size=(32, 32), channels=1)
-POST = EvaluateConfig(median_blur=3)
 GATE = GateConfig(precision=0.9, min_recall=0.8, champion_tolerance=0.02)
-GOOD = {
-    "precision_at_threshold": 0.95,
-    "recall_at_threshold": 0.9,
-    "recall_at_precision": 0.9,
-    "image_auroc": 0.99,
-    "threshold": 0.1,
-}
-WEAK = {
-    "precision_at_threshold": 0.95,
-    "recall_at_threshold": 0.3,
-    "recall_at_precision": 0.3,
-    "image_auroc": 0.7,
-    "threshold": 0.1,
-}
-NAME = "vigil-tiny-image"
-LINEAGE = {"git_commit": "abc123", "data_hash": "d1", "dataset": "tiny", "modality": "image"}
-
-
-def logged_package(root: Path, seed: int) -> pkg.LoggedPackage:
-    from vigil.models import build_model, model_spec, save_trained
-
-    spec = model_spec(
-        "image", 1, PREP.size, ImageModelConfig(depth=1, filters=2, latent_channels=2), prep=PREP
-    )
-    torch.manual_seed(seed)
-    model_dir = root / f"model-{seed}"
-    save_trained(model_dir, build_model(spec), spec)
-    (model_dir / "threshold.json").write_text(json.dumps({"threshold": 0.1}))
-    with mlflow.start_run() as run:
-        return pkg.log_package(model_dir, prep=PREP, postprocess=POST, run_id=run.info.run_id)
-
-
-def champion(client) -> str | None:
-    found = pro.alias_version(client, NAME, pro.CHAMPION)
-    return None if found is None else str(found.version)
 
 
 class RegistryCutOff:
@@ -150,7 +122,7 @@ def test_registry_unreachable_at_alias_step_leaves_champion(client, tmp_path):
     pro.register_candidate(client, NAME, logged_package(tmp_path, 0), GOOD, GATE, LINEAGE)
     flaky = RegistryCutOff(client, "set_registered_model_alias", pro.CHAMPION)
     with pytest.raises(pro.PromotionError) as failure:
-        pro.register_candidate(flaky, NAME, logged_package(tmp_path, 1), GOOD, GATE, LINEAGE)
+        pro.register_candidate(flaky, NAME, logged_package(tmp_path, 1), BETTER, GATE, LINEAGE)
     assert flaky.cut and "127.0.0.1:9" in str(failure.value)
     assert "moving champion of vigil-tiny-image to version 2" in str(failure.value)
     assert champion(client) == "1"  # the real registry still names the old champion
@@ -171,38 +143,13 @@ def test_tampered_package_is_never_champion(client, tmp_path):
     assert pro.alias_version(client, NAME, pro.CHALLENGER) is None
 
 
-def write_stage_inputs(root: Path, seed: int, metrics: dict, data_hash: str = "h1") -> str:
-    """params.yaml, a trained tiny model with threshold.json and train.json, metrics.json;
-    returns the training run id."""
-    from vigil.models import build_model, model_spec, save_trained
-
-    (root / "params.yaml").write_text(
-        "data:\n  datasets:\n    tiny:\n      source: data/raw/tiny\n      modality: image\n"
-        "register:\n  model_name_prefix: vigil\n"
-    )
-    model_dir = root / "models" / "tiny"
-    cfg = ImageModelConfig(depth=1, filters=2, latent_channels=2)
-    torch.manual_seed(seed)
-    mspec = model_spec("image", 1, PREP.size, cfg, prep=PREP)
-    save_trained(model_dir, build_model(mspec), mspec)
-    (model_dir / "threshold.json").write_text(
-        json.dumps({"threshold": 0.1, "postprocess": POST.model_dump()})
-    )
-    with mlflow.start_run(
-        tags={"vigil.git_commit": "c0ffee", "vigil.data_hash": data_hash}
-    ) as run:
-        pass
-    (model_dir / "train.json").write_text(json.dumps({"run_id": run.info.run_id}))
-    (root / "reports" / "tiny").mkdir(parents=True, exist_ok=True)
-    (root / "reports" / "tiny" / "metrics.json").write_text(json.dumps(metrics))
-    return run.info.run_id
-
-
 def test_register_stage_gates_and_writes_decision(client, tmp_path, capsys):
     """pipelines/register.py end to end on a real store: pass, then a rejected weak model (exit 0)."""
     stage = load_pipeline("register")
     for seed, metrics in ((0, GOOD), (1, WEAK)):
-        run_id = write_stage_inputs(tmp_path, seed, {**metrics, "test_split_hash": "t1"})
+        run_id = write_stage_inputs(
+            tmp_path, seed, {**metrics, "test_split_hash": "t1"}, promote="always"
+        )
         assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
         decision = json.loads((tmp_path / "reports" / "tiny" / "decision.json").read_text())
         assert decision["version"] == str(seed + 1)
@@ -255,7 +202,7 @@ def test_register_stage_turns_registry_errors_into_exit_1(
     from requests.exceptions import ConnectionError as RequestsConnectionError
 
     stage = load_pipeline("register")
-    write_stage_inputs(tmp_path, 0, GOOD)
+    write_stage_inputs(tmp_path, 0, GOOD, promote="always")
     assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 0
     capsys.readouterr()
     raised = (
@@ -263,7 +210,7 @@ def test_register_stage_turns_registry_errors_into_exit_1(
         if error == "mlflow"
         else RequestsConnectionError("Max retries exceeded with url: /api/2.0/mlflow")
     )
-    write_stage_inputs(tmp_path, 1, GOOD)
+    write_stage_inputs(tmp_path, 1, BETTER, promote="always")
     monkeypatch.setattr(target, _raise(raised))
     assert stage.main(["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]) == 1
     err = capsys.readouterr().err
