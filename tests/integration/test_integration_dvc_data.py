@@ -160,6 +160,18 @@ def _imported_modules(path: Path, module: str) -> set[str]:
     return found
 
 
+def _family_modules(networks: bool) -> list[str]:
+    """Modules the family registry imports by name: each family folder's ``__init__`` (its
+    record and config: what params validation needs) and, with ``networks``, every module under
+    ``vigil.models`` (``Family.build``/``plan`` import a family's network and training code)."""
+    root = SRC / "vigil" / "models"
+    paths = root.rglob("*.py") if networks else root.glob("*/__init__.py")
+    return [
+        ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        for path in paths if "__pycache__" not in path.parts
+    ]
+
+
 def import_closure(entry: Path) -> set[Path]:
     """Source files of every vigil module ``entry`` can import, transitively, relative to REPO."""
     seen: set[str] = set()
@@ -169,6 +181,10 @@ def import_closure(entry: Path) -> set[Path]:
         if name not in seen:
             seen.add(name)
             todo += _imported_modules(_module_file(name), name)
+            if name == "vigil.models.registry":
+                todo += _family_modules(networks=False)
+            if name == "vigil.models.spec":  # builds networks: any family's code
+                todo += _family_modules(networks=True)
     return {_module_file(name).relative_to(REPO) for name in seen}
 
 
