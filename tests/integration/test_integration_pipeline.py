@@ -87,7 +87,7 @@ def _decision(root: Path) -> dict:
 WEAK_MODEL = {
     "sweep": {"n_trials": 0},
     "train": {"max_epochs": 1},
-    "model": {"image.depth": 1, "image.latent_channels": 1, "image.filters": 2},
+    "model": {"conv_ae.depth": 1, "conv_ae.latent_channels": 1, "conv_ae.filters": 2},
     "generate": {"capsules.n_train": 140},
 }
 
