@@ -33,6 +33,7 @@ plans and runs an ingest. Their public names are re-exported here.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -230,7 +231,24 @@ def _version(root: Path, journal: Journal) -> None:
     """``dvc add`` the extra folder when anything was ingested into it."""
     if any(m.kind == "ingest" for m in journal.moves):
         extra = Path(journal.dvc_file).with_suffix("")
-        run_dvc(root, "add", str(extra.relative_to(root)))
+        untracked = _git(root, "rm", "-r", "--cached", "--ignore-unmatch", "--", str(extra))
+        try:
+            run_dvc(root, "add", str(extra.relative_to(root)))
+        except DvcError:
+            files = [line[4:-1] for line in untracked.splitlines() if line.startswith("rm '")]
+            if files:
+                _git(root, "add", "-f", "--", *files)
+            raise
+
+
+def _git(root: Path, *args: str) -> str:
+    """``git ARGS`` in ``root``; its stdout, or "" when it fails (e.g. not a git repository).
+
+    Used for the placeholder (``data/extra/<dataset>/.gitkeep``) that git tracks so a clone has
+    the folder the prepare stage depends on: DVC refuses to add a folder git tracks files in,
+    so they leave git's index (not the disk) before ``dvc add``, and come back if it fails."""
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    return done.stdout if done.returncode == 0 else ""
 
 
 def _rollback(root: Path, journal: Journal) -> None:

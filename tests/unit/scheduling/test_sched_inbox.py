@@ -210,3 +210,26 @@ def test_move_never_overwrites_a_different_item(tmp_path: Path) -> None:
     same = write_png(tmp_path / "c" / "x.png", image(2))
     inbox_mod.move_item(same, dst)  # a replay after the copy landed: only the source goes
     assert not same.exists() and dst.is_file()
+
+
+def test_ingest_moves_the_git_placeholder_of_the_extra_folder_to_dvc(project: Path) -> None:
+    """A clone keeps ``data/extra/<D>/`` (the prepare stage's dependency) with a git-tracked
+    ``.gitkeep``; DVC refuses to add a folder git tracks files in, so ingest untracks it."""
+    import subprocess
+
+    root = project
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    placeholder = root / "data" / "extra" / "tiles" / ".gitkeep"
+    placeholder.parent.mkdir(parents=True)
+    placeholder.touch()
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "placeholder"], cwd=root, check=True)
+    write_png(root / "inbox" / "tiles" / "n1.png", image(800))
+    report = _ingest(root)
+    assert len(report.ingested) == 1 and report.version_after.endswith(".dir")
+    assert placeholder.is_file()  # still on disk, now inside the DVC-tracked folder
+    tracked = subprocess.run(
+        ["git", "ls-files", "data/extra"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "data/extra/tiles/.gitkeep" not in tracked
+    assert "up to date" in dvc(root, "status", "data/extra/tiles.dvc")
