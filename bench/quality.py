@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+import vigil  # noqa: F401  (first: OpenMP defaults before torch loads, see vigil.threads)
+
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 SHARED = REPO.parent / "shared" / "data"

@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+import vigil  # noqa: E402,F401  (first: OpenMP defaults before torch loads, see vigil.threads)
 
 
 def build_default_package(root: Path, modality: str) -> Path:

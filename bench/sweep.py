@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+import vigil  # noqa: E402,F401  (first: OpenMP defaults before torch loads, see vigil.threads)
 
 
 def _one(params, dataset_dir: Path, workers: int, pruning: bool, label: str) -> dict:

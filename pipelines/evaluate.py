@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import vigil  # noqa: F401  (first: OpenMP defaults before torch loads, see vigil.threads)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -15,6 +15,8 @@ from types import ModuleType
 
 import pytest
 
+import vigil  # noqa: F401  (first: OpenMP defaults before torch loads, see vigil.threads)
+
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
