@@ -1,0 +1,21 @@
+"""Knobs of the future-frame prediction family (``model.future_frame`` in params.yaml)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from vigil.config import Strict
+
+
+class FutureFrameConfig(Strict):
+    """U-Net predictor of frame t from frames t-k..t-1, plus an appearance autoencoder of frame t.
+
+    Encoding = bottleneck_channels x (H / 2**depth) x (W / 2**depth) (the sweep's knob).
+    """
+
+    context: int = Field(4, ge=1, le=16)  # k: frames the predictor sees
+    depth: int = Field(3, ge=1, le=5)
+    filters: int = Field(16, ge=1)  # first block; doubled per block, capped at 256
+    bottleneck_channels: int = Field(32, ge=1)
+    appearance: bool = True  # fuse a per-frame reconstruction error (persistent anomalies)
+    gradient_loss_weight: float = Field(1.0, ge=0)  # Liu et al. 2018: intensity + gradient loss
