@@ -14,14 +14,10 @@ Exit status 2 with a message for bad params, data or tracking store; 1 if traini
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
-
-from vigil.atomic import atomic_write_json
 from vigil.config import ConfigError, Params, load_params
 
 
@@ -35,51 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def best_model_config(path: Path, family: str) -> BaseModel | None:
-    """The sweep's chosen knobs for ``family``, or None when the file or its `model` key is
-    absent."""
-    from vigil.models.registry import get_family
-
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON: {error}") from None
-    model = raw.get("model") if isinstance(raw, dict) else None
-    if model is None:
-        return None
-    chosen = raw.get("family", family)
-    if chosen != family:
-        raise ConfigError(
-            f"{path}: the sweep chose knobs for model family {chosen!r}, but the params use "
-            f"{family!r}; rerun the sweep (`dvc repro sweep@<dataset>`)"
-        )
-    try:
-        return get_family(family).config.model_validate(model)
-    except ValidationError as error:
-        raise ConfigError(f"{path}: invalid 'model' for family {family!r}: {error}") from None
-
-
 def run(args: argparse.Namespace, params: Params) -> dict:
-    from vigil.training import fit
+    from vigil.training.stage import train_stage
 
-    spec = params.dataset(args.dataset)
-    family = params.for_dataset(args.dataset).model.family_name(spec.modality)
-    out = args.out or Path("models") / args.dataset
-    best = best_model_config(args.best_config or out / "best_config.json", family)
-    data = args.data or Path("data/prepared") / args.dataset
-    result = fit(params, data, out, model_cfg=best, run_name=f"train-{args.dataset}")
-    summary = {
-        "dataset": args.dataset,
-        "run_id": result.run_id,
-        "objective": result.objective,
-        "epochs": result.epochs,
-        "wall_time_s": round(result.wall_time_s, 2),
-        "model_from": "best_config" if best is not None else "params",
-    }
-    atomic_write_json(out / "train.json", summary)
-    return summary
+    return train_stage(params, args.dataset, out=args.out, best_config=args.best_config,
+                       data=args.data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,6 +134,9 @@ def test_metrics(
         )["auroc"]
         clips = [(test.labels[a:b], test.scores[a:b]) for _, a, b in test.clips]
         out.update(M.event_metrics(clips, calibration.threshold))
+        scored = [(test.labels[a:b][test.scored[a:b]], test.scores[a:b][test.scored[a:b]])
+                  for _, a, b in test.clips]
+        out.update(M.clip_aurocs(scored))
     out.update(pixel_metrics(data, test))
     return out
 
@@ -284,6 +287,12 @@ def summary_lines(dataset: str, result: EvaluationResult) -> list[str]:
     ]
     if "pixel_auroc" in m:
         lines.append(f"  pixel AUROC {m['pixel_auroc']:.3f}, AUPRO {m['aupro']:.3f}")
+    if "frame_auroc_clip_normalized" in m:
+        lines.append(
+            f"  frame AUROC, pooled raw scores (headline) {m['frame_auroc']:.3f}; per-clip "
+            f"min-max normalized {m['frame_auroc_clip_normalized']:.3f}; mean of per-clip "
+            f"{m.get('frame_auroc_mean_per_clip', float('nan')):.3f}"
+        )
     if "event_recall" in m:
         lines.append(f"  events: recall {m['event_recall']:.3f} ({m['n_detected_events']}/"
                      f"{m['n_events']}), precision {m['event_precision']:.3f}")

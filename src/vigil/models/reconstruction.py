@@ -7,6 +7,7 @@ plan the same way (early stopping on ``val_loss``, checkpoints, MLflow).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -21,13 +22,16 @@ from vigil.models.lightning import AnomalyModule
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """What ``fit`` trains: the LightningModule (logs ``train_loss``/``val_loss``), its datasets,
-    and how many frames one training sample holds (throughput figures)."""
+    """What ``fit`` trains: the LightningModule (logs ``train_loss``/``val_loss``; its network is
+    its ``model`` attribute), its datasets, how many frames one training sample holds (throughput
+    figures), and ``finish``: an optional step on the best network before it is saved (e.g.
+    calibrating fusion scales on the normal val split)."""
 
     module: pl.LightningModule
     train_set: Dataset
     val_set: Dataset
     frames_per_sample: int = 1
+    finish: Callable[[nn.Module], None] | None = None
 
 
 def _module(network: nn.Module, prep: ImagePrep, train: TrainConfig) -> AnomalyModule:

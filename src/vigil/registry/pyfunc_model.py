@@ -12,6 +12,8 @@ in time order), exactly as the evaluate stage scored.
 
 from __future__ import annotations
 
+import vigil  # noqa: F401  (first: it sets the OpenMP defaults before numpy or torch load)
+
 import base64
 from collections.abc import Sequence
 from pathlib import Path

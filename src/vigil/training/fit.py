@@ -14,10 +14,12 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "resume.json"
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_KEYS = {"max_epochs", "patience", "log_images_every_n_epochs", "num_workers", "accelerator"}
+RESUMABLE_KEYS = {"max_epochs", "max_minutes", "patience", "log_images_every_n_epochs", "num_workers", "accelerator"}
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,27 @@ class _Throughput(pl.Callback):
         return self.frames / self.seconds if self.seconds else 0.0
 
 
+class _EpochLine(pl.Callback):
+    """One log line per epoch (losses, time, budget): the progress report when stderr is not
+    a terminal (stage logs, CI), where Lightning's progress bar would be noise."""
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.max_minutes = max_minutes
+        self._started = time.monotonic()
+
+    def on_train_start(self, trainer, module) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        metrics = trainer.callback_metrics
+        losses = ", ".join(f"{k} {float(metrics[k]):.5g}" for k in ("train_loss", "val_loss")
+                           if k in metrics)
+        minutes = (time.monotonic() - self._started) / 60
+        budget = f" of {self.max_minutes:g}" if self.max_minutes else ""
+        log.info("epoch %d/%d: %s (%.1f%s min)", trainer.current_epoch + 1, trainer.max_epochs,
+                 losses, minutes, budget)
+
+
 def fit(
     params: Params,
     dataset_dir: Path | str,
@@ -283,6 +306,9 @@ def _train_and_save(
                     client, run_id, examples, prep.normalize, train.log_images_every_n_epochs
                 )
             )
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        all_callbacks.append(_EpochLine(train.max_minutes))
     all_callbacks.extend(callbacks)
     generator = torch.Generator().manual_seed(train.seed)
     train_loader = DataLoader(
@@ -293,6 +319,7 @@ def _train_and_save(
     _quiet_lightning_tips()
     trainer = pl.Trainer(
         max_epochs=max_epochs,
+        max_time=timedelta(minutes=train.max_minutes) if train.max_minutes else None,
         accelerator=train.accelerator,
         devices=1,
         logger=False,
@@ -300,7 +327,7 @@ def _train_and_save(
         default_root_dir=str(out_dir),
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        enable_progress_bar=True,
+        enable_progress_bar=interactive,
         log_every_n_steps=1,
     )
     with warnings.catch_warnings():
@@ -311,8 +338,13 @@ def _train_and_save(
         raise RuntimeError(f"training on {data.root} produced no validated checkpoint")
     best = Path(checkpoint.best_model_path)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    weights = save_trained(out_dir, model.cpu(), spec)
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    )
+    model = model.cpu().eval()
+    if plan.finish is not None:
+        plan.finish(model)
+    weights = save_trained(out_dir, model, spec)
 
     wall = time.perf_counter() - started
     objective = float(checkpoint.best_model_score)
