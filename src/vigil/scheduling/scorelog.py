@@ -15,6 +15,11 @@ Appends are safe under concurrent requests and processes: each line is written w
 under a lock shared by the threads of the process; nothing is buffered, so a crash loses at
 most the line being written, and the reader skips a torn last line. Rotation is left to the
 system (``logrotate`` with ``copytruncate``, or a new path per day).
+
+Latest frame (for the console's live panel): ``write_latest`` replaces, at most every
+``latest_every_s``, the folder ``<log>.latest/`` beside the log (``latest_dir``): ``frame.png``
+(the scored input), ``overlay.png`` (its heat map) and ``latest.json`` (the frame's log line),
+each replaced atomically, ``latest.json`` last. ``vigil watch --score-log`` writes it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +41,14 @@ SCORE = "score"
 THRESHOLD = "threshold"
 IS_ANOMALY = "is_anomaly"
 FIELDS = (TIME, MODEL_NAME, MODEL_VERSION, SCORE, THRESHOLD, IS_ANOMALY)
+LATEST_SUFFIX = ".latest"
+LATEST_FILES = ("frame.png", "overlay.png", "latest.json")
+
+
+def latest_dir(log_path: Path | str) -> Path:
+    """The folder beside a score log that holds its latest frame: ``<log>.latest``."""
+    path = Path(log_path)
+    return path.with_name(path.name + LATEST_SUFFIX)
 
 
 def utc_stamp() -> str:
@@ -63,8 +77,10 @@ class ScoreLog:
     (a video model's first frames have no score yet): they are not scored frames.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, latest_every_s: float = 0.5) -> None:
         self.path = Path(path)
+        self.latest_every_s = latest_every_s
+        self._latest_at = -math.inf
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -94,6 +110,26 @@ class ScoreLog:
                 written += os.write(self._fd, data[written:])
         return len(lines)
 
+    def latest_due(self) -> bool:
+        """True when ``write_latest`` would write now (``latest_every_s`` since the last one)."""
+        return time.monotonic() - self._latest_at >= self.latest_every_s
+
+    def write_latest(self, frame: Any, overlay: Any, line: dict[str, Any]) -> Path:
+        """Replace ``<log>.latest/``: ``frame`` and ``overlay`` (BGR or gray uint8 arrays) as
+        PNGs, then ``line`` (the frame's log entry) as ``latest.json``; returns the folder."""
+        import cv2
+
+        folder = latest_dir(self.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, image in zip(LATEST_FILES[:2], (frame, overlay), strict=True):
+            ok, buffer = cv2.imencode(".png", image)
+            if not ok:
+                raise OSError(f"{folder / name}: PNG encoding failed")
+            _replace(folder / name, buffer.tobytes())
+        _replace(folder / LATEST_FILES[2], json.dumps(line).encode("utf-8"))
+        self._latest_at = time.monotonic()
+        return folder
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -105,3 +141,10 @@ class ScoreLog:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -275,6 +275,10 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         results = await run(scorer.score_clip, images, heatmap, scorer.info)
         return _many_answer(scorer, results, started, heatmap)
 
+    if config.console.enabled:  # the operator console at /console (same token)
+        from vigil.serving.console import mount_console
+
+        mount_console(app, holder, config, auth, token_set=bool(os.environ.get(TOKEN_ENV)))
     return app
 
 
