@@ -3,8 +3,9 @@
     vigil promote --model vigil-capsules-image --force 3 --reason "TEXT" [--who USER]
 
 The version must be registered, READY and intact (its files match the recorded checksum); the
-gate verdict is not consulted. Who and why become version tags (``vigil.forced_by``,
-``vigil.force_reason``, ``vigil.forced_at``) and a decision file under ``reports/promotions/``.
+gate verdict is not consulted. The decision file under ``reports/promotions/`` is written first
+(if it cannot be written, nothing moves); then who and why become version tags
+(``vigil.forced_by``, ``vigil.force_reason``, ``vigil.forced_at``) and the alias moves.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def run_promote(args: argparse.Namespace) -> int:
         )
     except PromotionError as error:
         print(f"vigil promote: refused: {error}")
+        return 1
+    except OSError as error:  # the record is written before the alias moves
+        print(f"vigil promote: refused: cannot write the decision record ({error}); "
+              "champion unchanged")
         return 1
     print(decision.summary())
     print(
