@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import free_port
-from vigil.config import EvaluateConfig, ImageModelConfig, ImagePrep, VideoModelConfig, VideoPrep
+from vigil.config import EvaluateConfig, ImagePrep, VideoPrep
 
 IMAGE_PREP = ImagePrep(size=(32, 32), channels=3)
 VIDEO_PREP = VideoPrep(size=(32, 32), channels=1, fps=15)
@@ -25,7 +24,7 @@ POSTPROCESS = EvaluateConfig(median_blur=3, smoothing_window=3)
 
 @dataclass(frozen=True)
 class TinyModel:
-    model_dir: Path
+    model_dir: Path  # a calibrated detector folder (detector.json + weights.safetensors)
     prep: ImagePrep
     modality: str
 
@@ -33,21 +32,29 @@ class TinyModel:
 def make_model_dir(
     root: Path, modality: str = "image", *, seed: int = 0, threshold: float = 0.05
 ) -> TinyModel:
-    """An untrained tiny network saved as the train stage saves it, plus threshold.json."""
-    from vigil.models import build_model, model_spec, save_trained
+    """An untrained tiny network saved as the evaluate stage saves a calibrated detector."""
+    from vigil.detector import Detector, DetectorRecord
+    from vigil.models.conv_ae.config import ConvAEConfig
+    from vigil.models.convlstm.config import ConvLSTMConfig
+    from vigil.models.spec import build_model, model_spec
 
     prep = IMAGE_PREP if modality == "image" else VIDEO_PREP
-    cfg = (
-        ImageModelConfig(depth=2, filters=4, latent_channels=4)
+    family, cfg = (
+        ("conv_ae", ConvAEConfig(depth=2, filters=4, latent_channels=4))
         if modality == "image"
-        else VideoModelConfig(encoder_depth=2, filters=4, hidden_channels=4)
+        else ("convlstm", ConvLSTMConfig(encoder_depth=2, filters=4, hidden_channels=4))
     )
-    spec = model_spec(modality, prep.channels, prep.size, cfg, prep=prep)
+    spec = model_spec(family, prep.channels, prep.size, cfg, prep=prep)
     torch.manual_seed(seed)
+    record = DetectorRecord(
+        spec=spec,
+        postprocess=POSTPROCESS,
+        threshold=threshold,
+        pixel_threshold=threshold,
+        dataset="tiny",
+    )
     model_dir = root / f"{modality}-{seed}"
-    save_trained(model_dir, build_model(spec), spec)
-    calibration = {"threshold": threshold, "pixel_threshold": threshold}
-    (model_dir / "threshold.json").write_text(json.dumps(calibration))
+    Detector(build_model(spec), record).save(model_dir)
     return TinyModel(model_dir, prep, modality)
 
 
@@ -60,13 +67,7 @@ def register(name: str, tiny: TinyModel, alias: str | None = "champion") -> str:
     experiment = _experiment()
     mlflow.set_experiment(experiment_id=experiment)  # logged models follow it, not the run
     with mlflow.start_run(experiment_id=experiment) as run:
-        logged = log_package(
-            tiny.model_dir,
-            prep=tiny.prep,
-            postprocess=POSTPROCESS,
-            run_id=run.info.run_id,
-            dataset="tiny",
-        )
+        logged = log_package(tiny.model_dir, run_id=run.info.run_id)
         mlflow.log_metric("test_image_auroc", 0.5)
     client = mlflow.MlflowClient()
     version = mlflow.register_model(logged.model_uri, name).version
@@ -157,16 +158,10 @@ def image_registry(mlflow_store: str, tmp_path: Path) -> Iterator[tuple[str, Tin
 
 
 def staged_package(root: Path, tiny: TinyModel) -> Path:
-    """The package's artifact folder (package.json, model.json, weights), no MLflow involved."""
+    """The package's artifact folder (detector.json + weights), no MLflow involved."""
     from vigil.registry.package import stage_artifacts
 
-    return stage_artifacts(
-        tiny.model_dir,
-        root / f"package-{tiny.model_dir.name}",
-        prep=tiny.prep,
-        postprocess=POSTPROCESS,
-        dataset="tiny",
-    )
+    return stage_artifacts(tiny.model_dir, root / f"package-{tiny.model_dir.name}")
 
 
 @pytest.fixture()

@@ -54,13 +54,15 @@ def test_raw_and_multipart_bodies_give_the_in_process_score(live_server, image_s
 
 def test_heatmap_as_base64_and_as_png(live_server, image_scorer):
     client = _serve(live_server, image_scorer)
-    data = png(sample_images(1)[0])
+    image = sample_images(1)[0]  # 48x48 input, 32x32 model: overlays at the input's size
+    data = png(image)
     body = client.post("/score?heatmap=true", content=data).json()
     heat = cv2.imdecode(np.frombuffer(base64.b64decode(body["heatmap_png"]), np.uint8), 1)
-    assert heat.shape == (32, 32, 3)
+    expected = image_scorer.score_images([image], heatmap=True)[0].overlay
+    assert heat.shape == (48, 48, 3) and np.array_equal(heat, expected)
     response = client.post("/score/heatmap", content=data)
     assert response.headers["content-type"] == "image/png"
-    assert cv2.imdecode(np.frombuffer(response.content, np.uint8), 1).shape == (32, 32, 3)
+    assert cv2.imdecode(np.frombuffer(response.content, np.uint8), 1).shape == (48, 48, 3)
     assert float(response.headers["x-vigil-score"]) == pytest.approx(body["score"])
 
 

@@ -142,8 +142,9 @@ def test_tampered_package_is_refused_and_nothing_is_replaced(image_registry, tmp
     before = (dest / MANIFEST_FILE).read_text()
     register(name, make_model_dir(tmp_path / "train2", "image", seed=1))
     # Someone edits the stored threshold of version 2 in the artifact store.
-    newest = max(_stored_files(tmp_path, "threshold.json"), key=lambda p: p.stat().st_mtime)
-    newest.write_text(json.dumps({"threshold": 1e9, "pixel_threshold": 1.0}))
+    newest = max(_stored_files(tmp_path, "detector.json"), key=lambda p: p.stat().st_mtime)
+    record = json.loads(newest.read_text())
+    newest.write_text(json.dumps({**record, "threshold": 1e9}))
     with pytest.raises(ChecksumMismatchError, match="does not match the registered"):
         pull(name, "champion", dest)
     assert (dest / MANIFEST_FILE).read_text() == before

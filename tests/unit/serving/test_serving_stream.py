@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from conftest import sample_images
 
-from vigil.evaluation.scoring import score_video
 from vigil.serving import WatchSettings
 from vigil.serving.watch import watch
 
@@ -24,14 +23,12 @@ def _write_video(path, frames, fps):
     writer.release()
 
 
-def test_stream_scores_equal_score_video(video_scorer):
+def test_stream_scores_equal_evaluation_clip_scores(video_scorer):
     images = sample_images(7, seed=3)
     stream = video_scorer.stream()
     streamed = np.array([stream.push(image).score for image in images])
-    frames = video_scorer.preprocess_clip(images)
-    expected = score_video(
-        video_scorer.model, frames, video_scorer.files.prep, video_scorer.files.postprocess
-    ).scores
+    frames = video_scorer.detector.prepare_clip(images)
+    expected = video_scorer.detector.score_clips([frames])[0].scores
     assert np.isnan(streamed[0]) and np.isnan(expected[0])
     np.testing.assert_allclose(streamed[1:], expected[1:], rtol=1e-6)
     clip = [r.score for r in video_scorer.score_clip(images)]
@@ -40,7 +37,7 @@ def test_stream_scores_equal_score_video(video_scorer):
 
 def test_image_stream_scores_each_frame_independently(image_scorer):
     images = sample_images(4, seed=1)
-    stream = image_scorer.stream(smoothing_window=1)
+    stream = image_scorer.stream()
     streamed = [stream.push(image).score for image in images]
     assert streamed == pytest.approx([r.score for r in image_scorer.score_images(images)])
 
