@@ -69,6 +69,9 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "VIGIL_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
         "OMP_NUM_THREADS": "1",
+        # the test edits params.yaml after its commit; promote as `vigil retrain` does (a DVC
+        # experiment still never promotes: register.promote auto)
+        "VIGIL_PROMOTE": "1",
     }
     _run(["git", "init", "-q"], root, env)
     _run(["git", "add", "-A"], root, env)
