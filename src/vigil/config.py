@@ -241,6 +241,7 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0)
     log_images_every_n_epochs: int = Field(5, ge=1)
     accelerator: str = "auto"
+    max_minutes: float | None = Field(None, gt=0)  # wall-clock budget of one training (None: none)
 
 
 # --- sweep -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from torch.utils.data import DataLoader
 
 from vigil.atomic import atomic_write_json
@@ -309,6 +309,8 @@ def _train_and_save(
     interactive = sys.stderr.isatty()
     if not interactive:
         all_callbacks.append(_EpochLine(train.max_minutes))
+    if train.max_minutes:  # checked at epoch ends, so the last epoch is validated too
+        all_callbacks.append(Timer(timedelta(minutes=train.max_minutes), interval="epoch"))
     all_callbacks.extend(callbacks)
     generator = torch.Generator().manual_seed(train.seed)
     train_loader = DataLoader(
@@ -319,7 +321,6 @@ def _train_and_save(
     _quiet_lightning_tips()
     trainer = pl.Trainer(
         max_epochs=max_epochs,
-        max_time=timedelta(minutes=train.max_minutes) if train.max_minutes else None,
         accelerator=train.accelerator,
         devices=1,
         logger=False,

@@ -1,0 +1,41 @@
+"""Knobs of the DRAEM-style family (``model.draem`` in params.yaml)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from vigil.config import Strict
+
+
+class DraemConfig(Strict):
+    """Reconstructive autoencoder (encoding = latent_channels x H/2**depth x W/2**depth, the
+    sweep's knobs) + a small discriminative U-Net that segments the anomaly from [input,
+    reconstruction], trained on normal images with synthetic anomalies pasted in."""
+
+    # reconstructive autoencoder: the encoding size (searchable)
+    depth: int = Field(4, ge=1, le=6)
+    filters: int = Field(16, ge=1)  # first block; doubled per block, capped at 256
+    latent_channels: int = Field(32, ge=1)
+    # discriminative (segmentation) network
+    seg_filters: int = Field(8, ge=1)  # first level; doubled per level, capped at 128
+    seg_depth: int = Field(4, ge=1, le=5)
+    # anomaly map: mean filter over the predicted mask, as a fraction of the shorter image side
+    smooth_fraction: float = Field(0.04, ge=0, le=0.5)
+    # synthetic anomalies (training only)
+    anomaly_probability: float = Field(0.5, ge=0, le=1)  # share of corrupted training samples
+    min_coverage: float = Field(0.005, gt=0, le=1)  # mask area share, drawn uniformly in between
+    max_coverage: float = Field(0.25, gt=0, le=1)
+    max_opacity: float = Field(0.8, ge=0, lt=1)  # weight of the original inside the mask: U(0, this)
+    crop: int | None = Field(None, ge=8)  # train on random crops of this side (None: whole image)
+    # losses
+    ssim_weight: float = Field(1.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    seg_weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _coverage_range(self) -> DraemConfig:
+        if self.min_coverage > self.max_coverage:
+            raise ValueError(
+                f"min_coverage ({self.min_coverage}) is above max_coverage ({self.max_coverage})"
+            )
+        return self

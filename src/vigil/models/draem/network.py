@@ -1,0 +1,137 @@
+"""DRAEM-style network: a reconstructive autoencoder and a discriminative segmentation net.
+
+Reconstructive part: the conv autoencoder of ``conv_ae`` (``depth`` stride-2 3x3 convs with
+``filters * 2**i`` filters, a 3x3 conv to ``latent_channels``, the shared ``ConvDecoder``); its
+encoding, latent_channels x H/2**depth x W/2**depth, is the knob the sweep searches. Trained to
+restore images into which synthetic anomalies were pasted, it maps anything off-normal back to
+normal.
+
+Discriminative part (``SegmentationNet``): a small U-Net over the channel concatenation
+[input, reconstruction] (B, 2C, H, W) that predicts the anomaly mask's logits (B, 1, H, W).
+Its widths (``seg_filters`` doubled per level, capped at 128; ``seg_depth`` levels) are kept
+small so that inference with a heat map runs at line speed on two CPU cores.
+
+Anomaly map (``error_map``): the predicted anomaly probability, mean-filtered with a kernel of
+``smooth_fraction`` of the shorter side; ``score`` is its maximum (the paper's image score).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vigil.models.blocks import (
+    ConvDecoder,
+    OutputActivation,
+    activation,
+    block_filters,
+    check_size,
+    down_block,
+    pad_to_multiple,
+    padded_size,
+)
+from vigil.models.draem.config import DraemConfig
+from vigil.models.outputs import AnomalyOutput
+
+MAX_SEG_FILTERS = 128
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv + batch norm + LeakyReLU: (N, c_in, H, W) -> (N, c_out, H/stride, W/stride)."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
+
+
+class SegmentationNet(nn.Module):
+    """U-Net: (N, c_in, H, W), H and W divisible by 2**depth -> mask logits (N, 1, H, W)."""
+
+    def __init__(self, c_in: int, filters: int, depth: int) -> None:
+        super().__init__()
+        widths = [min(filters * 2**i, MAX_SEG_FILTERS) for i in range(depth + 1)]
+        self.stem = _conv_bn(c_in, widths[0])
+        self.downs = nn.ModuleList(
+            nn.Sequential(_conv_bn(widths[i], widths[i + 1], stride=2),
+                          _conv_bn(widths[i + 1], widths[i + 1]))
+            for i in range(depth)
+        )
+        self.ups = nn.ModuleList(
+            _conv_bn(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        skips = [h]
+        for down in self.downs:
+            h = down(h)
+            skips.append(h)
+        skips.pop()  # the bottom level is h itself
+        for up in self.ups:
+            skip = skips.pop()
+            h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = up(torch.cat([h, skip], dim=1))
+        return self.head(h)
+
+
+def mean_filter(maps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """(N, 1, H, W) -> the same, averaged over a ``kernel`` x ``kernel`` window (borders: the
+    mean of the pixels inside the image). ``kernel`` <= 1 returns the input."""
+    if kernel <= 1:
+        return maps
+    return F.avg_pool2d(maps, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+
+
+class DraemNetwork(nn.Module):
+    """Image (B, C, H, W) -> ``AnomalyOutput(reconstruction, smoothed anomaly probability,
+    max of it, None)``."""
+
+    def __init__(
+        self, in_channels: int, cfg: DraemConfig, output: OutputActivation = "sigmoid"
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.cfg = cfg
+        self.depth = cfg.depth
+        self.pad_depth = max(cfg.depth, cfg.seg_depth)
+        filters = block_filters(cfg.filters, cfg.depth)
+        chans = [in_channels, *filters]
+        self.downs = nn.ModuleList(
+            down_block(c, o, False) for c, o in zip(chans[:-1], chans[1:], strict=True)
+        )
+        self.to_latent = nn.Conv2d(filters[-1], cfg.latent_channels, 3, padding=1)
+        self.decoder = ConvDecoder(cfg.latent_channels, filters, in_channels, False, False)
+        self.output = activation(output)
+        self.segmenter = SegmentationNet(2 * in_channels, cfg.seg_filters, cfg.seg_depth)
+
+    def encoding_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(C, H', W') of the reconstructive encoding of an image of ``height`` x ``width``."""
+        check_size(height, width, self.pad_depth)
+        ph, pw = padded_size(height, width, self.pad_depth)
+        return self.cfg.latent_channels, ph // 2**self.depth, pw // 2**self.depth
+
+    def smoothing_kernel(self, height: int, width: int) -> int:
+        """Odd mean-filter side for maps of ``height`` x ``width`` (1: no smoothing)."""
+        side = round(self.cfg.smooth_fraction * min(height, width))
+        return side + 1 if side % 2 == 0 else side
+
+    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (reconstruction (B, C, H, W), mask logits (B, 1, H, W))."""
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x, self.pad_depth)
+        h = padded
+        for down in self.downs:
+            h = down(h)
+        logits, _ = self.decoder(self.to_latent(h))
+        reconstruction = self.output(logits)
+        mask_logits = self.segmenter(torch.cat([padded, reconstruction], dim=1))
+        return reconstruction[..., :height, :width], mask_logits[..., :height, :width]
+
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+        reconstruction, logits = self.segment(x)
+        kernel = self.smoothing_kernel(*x.shape[-2:])
+        error_map = mean_filter(torch.sigmoid(logits), kernel)
+        return AnomalyOutput(reconstruction, error_map, error_map.amax(dim=(1, 2, 3)), None)

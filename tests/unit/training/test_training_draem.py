@@ -1,0 +1,81 @@
+"""The DRAEM-style family in the real pipeline, shrunk: ``fit`` (synthetic anomalies, a
+wall-clock budget), the evaluate stage, and the detector and MLflow package it writes scoring
+exactly as evaluated."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+from conftest import make_image_dataset
+
+from vigil.config import parse_params
+from vigil.data.prepared import PreparedDataset
+from vigil.detector import Detector
+from vigil.evaluation.evaluate import evaluate
+from vigil.evaluation.splits import score_split
+from vigil.models.draem.config import DraemConfig
+from vigil.models.draem.network import DraemNetwork
+from vigil.models.registry import get_family
+from vigil.registry.package import load_detector, save_package
+from vigil.training import fit
+
+TINY_DRAEM = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2,
+              "crop": 24}
+
+
+def draem_params(**train):
+    return parse_params({
+        "data": {"datasets": {"tiny": {"source": "tests/tiny", "modality": "image"}}},
+        "prepare": {"image": {"size": [32, 32], "channels": 3}},
+        "model": {"image_family": "draem", "draem": TINY_DRAEM},
+        "train": {"max_epochs": 2, "batch_size": 8, "accelerator": "cpu",
+                  "log_images_every_n_epochs": 1, **train},
+    })
+
+
+def test_network_maps_are_probabilities_of_the_input_size():
+    family = get_family("draem")
+    assert family.modality == "image" and set(family.searchable) <= set(DraemConfig.model_fields)
+    net = family.build(1, DraemConfig(**TINY_DRAEM)).eval()
+    assert isinstance(net, DraemNetwork)
+    assert net.encoding_shape(30, 36) == (4, 8, 9)  # padded to a multiple of 4
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 30, 36))
+    assert out.reconstruction.shape == (2, 1, 30, 36) and out.error_map.shape == (2, 1, 30, 36)
+    assert 0 <= float(out.error_map.min()) and float(out.error_map.max()) <= 1
+    assert torch.allclose(out.score, out.error_map.amax(dim=(1, 2, 3)))
+
+
+def test_draem_trains_evaluates_and_packages_with_identical_scores(mlflow_store, tmp_path):
+    data_dir = make_image_dataset(tmp_path / "data" / "prepared" / "tiny")
+    params = draem_params(max_minutes=10)
+    model_dir = tmp_path / "models" / "tiny"
+    result = fit(params, data_dir, model_dir)
+    assert result.spec["family"] == "draem" and result.epochs == 2
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    for name in ("train_loss", "val_loss", "train_segmentation_loss", "val_reconstruction_loss"):
+        assert run.data.metrics[name] > 0, name
+    assert float(run.data.params["train.max_minutes"]) == 10
+
+    evaluated = evaluate(params, "tiny", data_dir, model_dir, tmp_path / "reports" / "tiny",
+                         log_mlflow=False)
+    for key in ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "false_alarm_rate"):
+        assert np.isfinite(evaluated.metrics[key]), key
+
+    data = PreparedDataset.load(data_dir)
+    detector = Detector.load(evaluated.detector_dir)
+    assert detector.record.family == "draem"
+    test = score_split(detector, data, "test")
+    frames = np.asarray(data.frames[test.rows])
+    packaged = load_detector(save_package(tmp_path / "pkg", evaluated.detector_dir))
+    again = packaged.score_prepared(frames)
+    np.testing.assert_array_equal(again.scores, test.scores)
+    np.testing.assert_array_equal(again.maps, test.maps)
+
+
+def test_a_wall_clock_budget_stops_training_after_a_validated_epoch(mlflow_store, tmp_path):
+    data_dir = make_image_dataset(tmp_path / "data" / "prepared" / "tiny")
+    params = draem_params(max_epochs=500, max_minutes=0.001, patience=500)
+    result = fit(params, data_dir, tmp_path / "models" / "tiny")
+    assert 1 <= result.epochs < 500 and result.objective > 0
