@@ -11,6 +11,7 @@ import sys
 
 from vigil import __version__
 from vigil.config import ConfigError
+from vigil.redact import install_log_redaction, redact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no credentialed URI (MLFLOW_TRACKING_URI...) reaches the log
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"vigil {args.command}: error: {error}", file=sys.stderr)
+        print(f"vigil {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
 
 

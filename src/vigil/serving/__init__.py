@@ -24,6 +24,11 @@ class ServerSettings(Strict):
     port: int = Field(8000, ge=0, le=65535)
     torch_threads: int = Field(1, ge=1)  # intra-op threads per inference call
     max_concurrent_inference: int = Field(2, ge=1)  # forward passes running at once
+    # scoring requests admitted at once (reading, queued, scoring); more get 503 + Retry-After
+    max_in_flight: int = Field(16, ge=1)
+    retry_after_s: int = Field(1, ge=0)  # the Retry-After of a 503
+    read_timeout_s: float = Field(30.0, gt=0)  # request head and body must arrive within this
+    keep_alive_s: int = Field(5, ge=1)  # idle keep-alive connections are closed after this
 
 
 class FollowSettings(Strict):
@@ -37,6 +42,9 @@ class FollowSettings(Strict):
 class LimitSettings(Strict):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1)  # 413 above this
     max_image_side: int = Field(4096, ge=1)  # 413 when width or height is larger
+    # decoded pixels (width x height, read from the header before decoding): 413 above these
+    max_image_pixels: int = Field(16_777_216, ge=1)  # per image (4096 x 4096)
+    max_request_pixels: int = Field(67_108_864, ge=1)  # per request: sum over a batch or clip
     max_batch: int = Field(64, ge=1)  # images per /score/batch request
     max_clip_frames: int = Field(600, ge=2)  # frames per /score/clip request
 

@@ -51,8 +51,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vigil import __version__
 from vigil.scheduling.scorelog import ScoreLog
-from vigil.serving import ServingConfig
+from vigil.redact import redact
+from vigil.serving import LimitSettings, ServingConfig
+from vigil.serving.docs import mount_offline_docs
 from vigil.serving.follow import ModelHolder
+from vigil.serving.limits import RequestLimits
 from vigil.serving.loader import FrameScore, ModelInfo, Scorer, encode_png
 
 log = logging.getLogger(__name__)
@@ -177,7 +180,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         max_workers=config.server.max_concurrent_inference, thread_name_prefix="vigil-score"
     )
     score_log = ScoreLog(config.score_log) if config.score_log else None
-    run = _runner(executor, config.limits.max_image_side, score_log)
+    run = _runner(executor, config.limits, score_log)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -187,6 +190,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
             score_log.close()
 
     app = FastAPI(
+        docs_url=None,  # /docs is served from local files (mount_offline_docs): no CDN
         title="vigil scoring service",
         version=__version__,
         description="Visual anomaly scores and heat maps from the registry's champion model.",
@@ -199,6 +203,13 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
     auth = _auth_dependency(os.environ.get(TOKEN_ENV))
 
     app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    app.add_middleware(  # outermost: sheds load before a body is read
+        RequestLimits,
+        max_in_flight=config.server.max_in_flight,
+        retry_after_s=config.server.retry_after_s,
+        read_timeout_s=config.server.read_timeout_s,
+    )
+    mount_offline_docs(app)
 
     @app.get("/health", tags=["status"])
     def health() -> dict[str, str]:
@@ -216,7 +227,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
             "model": scorer.info.name,
             "model_version": scorer.info.version,
             "registry_reachable": registry.reachable,
-            "registry_error": registry.error,
+            "registry_error": redact(registry.error) if registry.error else None,
         }
 
     @app.get("/model", tags=["status"])
@@ -321,30 +332,44 @@ async def _many_images(request: Request, max_items: int, what: str) -> list[tupl
     ]
 
 
-def _decode(data: bytes, name: str, max_side: int, model_channels: int) -> np.ndarray:
+def _decode_all(
+    blobs: list[tuple[bytes, str]], limits: LimitSettings, model_channels: int
+) -> list[np.ndarray]:
+    """Decode a request's images, with 413/422 answers naming the problem.
+
+    Every header is read first (no pixel decoded yet): an image over ``max_image_side`` or
+    ``max_image_pixels``, or a request whose images sum to more than ``max_request_pixels``,
+    gets 413 before any decoding (decompression bombs cost their header only).
+    """
+    sizes = [_header_size(data, name, limits) for data, name in blobs]
+    total = sum(width * height for width, height in sizes)
+    if total > limits.max_request_pixels:
+        raise InputError(
+            413,
+            f"request of {len(blobs)} image(s) with {total:,} pixels in all exceeds the limit of "
+            f"{limits.max_request_pixels:,} decoded pixels per request",
+        )
+    return [_decode(data, name, limits, model_channels) for data, name in blobs]
+
+
+def _decode(data: bytes, name: str, limits: LimitSettings, model_channels: int) -> np.ndarray:
     """Image bytes -> decoded array, with 413/422 answers naming the problem.
 
     ``model_channels``: what the model takes (1 gray, 3 RGB), named when the channel count of
     the image is one the service cannot convert to it.
     """
-    from vigil.data.preprocess import ImageDecodeError, decode_image
+    from vigil.data.preprocess import ImageDecodeError, ImageTooLargeError, decode_image
 
-    if not data:
-        raise InputError(422, f"{name}: empty image (0 bytes)")
-    _check_header_size(data, name, max_side)
     try:
-        image = decode_image(data, name)
+        image = decode_image(data, name, limits.max_image_pixels)
+    except ImageTooLargeError as error:
+        raise InputError(413, str(error)) from None
     except ImageDecodeError as error:
         message = str(error)
         if "channel count" in message:  # a count decode_image refuses: say what to send
             message = f"{message}; {_model_takes(model_channels)}"
         raise InputError(422, message) from None
-    height, width = image.shape[:2]
-    if max(height, width) > max_side:
-        raise InputError(
-            413,
-            f"{name}: image of {width}x{height} exceeds the limit of {max_side} pixels per side",
-        )
+    _check_side(image.shape[1], image.shape[0], name, limits.max_image_side)
     return image
 
 
@@ -357,19 +382,28 @@ def _model_takes(model_channels: int) -> str:
     )
 
 
-def _check_header_size(data: bytes, name: str, max_side: int) -> None:
-    """Refuse oversized images from their header, before decoding them (decompression bombs)."""
-    import io
+def _header_size(data: bytes, name: str, limits: LimitSettings) -> tuple[int, int]:
+    """(width, height) from the header, refused with 413 over the per-image limits and with
+    422 when no image format is recognized (decompression bombs are never decoded)."""
+    from vigil.data.preprocess import (
+        ImageDecodeError,
+        ImageTooLargeError,
+        check_pixel_budget,
+        image_header_size,
+    )
 
+    if not data:
+        raise InputError(422, f"{name}: empty image (0 bytes)")
     try:
-        from PIL import Image
-    except ImportError:  # pillow comes with matplotlib; without it the post-decode check stays
-        return
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-    except Exception:  # noqa: BLE001 - unknown to PIL: decode_image gives the precise error
-        return
+        width, height = image_header_size(data, name)
+        check_pixel_budget(width, height, limits.max_image_pixels, name)
+    except ImageDecodeError as error:  # ImageTooLargeError included
+        raise InputError(413 if isinstance(error, ImageTooLargeError) else 422, str(error)) from None
+    _check_side(width, height, name, limits.max_image_side)
+    return width, height
+
+
+def _check_side(width: int, height: int, name: str, max_side: int) -> None:
     if max(width, height) > max_side:
         raise InputError(
             413,
@@ -399,7 +433,9 @@ def _auth_dependency(token: str | None) -> Any:
 # --- answers -------------------------------------------------------------------------------------
 
 
-def _runner(executor: ThreadPoolExecutor, max_side: int, score_log: ScoreLog | None) -> Callable:
+def _runner(
+    executor: ThreadPoolExecutor, limits: LimitSettings, score_log: ScoreLog | None
+) -> Callable:
     """``await run(method, blobs, heatmap, info)``: decode, score and log on the inference threads.
 
     The executor's queue is first in, first out, so under load requests are answered in arrival
@@ -409,7 +445,7 @@ def _runner(executor: ThreadPoolExecutor, max_side: int, score_log: ScoreLog | N
     def decode_and_score(
         method: Callable, blobs: list, heatmap: bool, info: ModelInfo
     ) -> list[FrameScore]:
-        images = [_decode(data, name, max_side, info.channels) for data, name in blobs]
+        images = _decode_all(blobs, limits, info.channels)
         try:
             results = method(images, heatmap=heatmap)
         except ValueError as error:  # model-side input errors (e.g. a video model, one image)

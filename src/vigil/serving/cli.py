@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from vigil.redact import install_log_redaction, redact
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME_ENV = "VIGIL_MODEL_NAME"
@@ -92,7 +94,7 @@ def run_pull(args: argparse.Namespace) -> int:
     try:
         manifest = pull(args.model, args.alias, args.dest, version=args.version)
     except (PullError, TrackingError) as error:
-        print(f"vigil pull: error: {error}", file=sys.stderr)
+        print(f"vigil pull: error: {redact(str(error))}", file=sys.stderr)
         return 1
     print(json.dumps(manifest, indent=2))
     return 0
@@ -140,7 +142,10 @@ def _load(args: argparse.Namespace, config, command: str):
             source = latest
             scorer = load(source)
     except (PullError, ModelLoadError, TrackingError) as error:
-        print(f"vigil {command}: error: cannot load model {source}: {error}", file=sys.stderr)
+        print(
+            f"vigil {command}: error: cannot load model {redact(source)}: {redact(str(error))}",
+            file=sys.stderr,
+        )
         return None, source
     log.info(
         "loaded %s version %s (threshold %.6g) from %s",
@@ -158,6 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from vigil.serving import load_serving_config
     from vigil.serving.app import create_app
     from vigil.serving.follow import AliasFollower, ModelHolder
+    from vigil.serving.limits import uvicorn_options
     from vigil.serving.pull import parse_model_uri
 
     config = _with_score_log(args, load_serving_config(args.config))
@@ -194,6 +200,7 @@ def run_serve(args: argparse.Namespace) -> int:
             host=args.host or config.server.host,
             port=args.port if args.port is not None else config.server.port,
             log_level="info",
+            **uvicorn_options(config.server),  # keep-alive and request-head timeouts
         )
     finally:
         if follower is not None:
@@ -247,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no credentialed URI (MLFLOW_TRACKING_URI...) reaches the log
     try:
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError) as error:
-        print(f"vigil {args.command}: error: {error}", file=sys.stderr)
+        print(f"vigil {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
