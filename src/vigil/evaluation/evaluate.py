@@ -30,6 +30,8 @@ from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
 from vigil.evaluation import metrics as M
+from vigil.evaluation import pixel_metrics as PM
+from vigil.evaluation import video_metrics as VM
 from vigil.evaluation.outputs import (
     draw_figures,
     finite_metrics,
@@ -102,7 +104,7 @@ def pixel_metrics(data: PreparedDataset, test: SplitScores) -> dict[str, float]:
     if not masks.any():
         return {}
     maps = test.maps[keep]
-    return {"pixel_auroc": M.pixel_auroc(masks, maps), "aupro": M.aupro(masks, maps)}
+    return {"pixel_auroc": PM.pixel_auroc(masks, maps), "aupro": PM.aupro(masks, maps)}
 
 
 def test_metrics(
@@ -133,10 +135,10 @@ def test_metrics(
             test.labels[raw_ok], test.raw[raw_ok], precision, split="test"
         )["auroc"]
         clips = [(test.labels[a:b], test.scores[a:b]) for _, a, b in test.clips]
-        out.update(M.event_metrics(clips, calibration.threshold))
+        out.update(VM.event_metrics(clips, calibration.threshold))
         scored = [(test.labels[a:b][test.scored[a:b]], test.scores[a:b][test.scored[a:b]])
                   for _, a, b in test.clips]
-        out.update(M.clip_aurocs(scored))
+        out.update(VM.clip_aurocs(scored))
     out.update(pixel_metrics(data, test))
     return out
 
@@ -206,7 +208,7 @@ def evaluate(
         raise EvaluationError(f"{data_dir}: the test split has no scored items")
     calibration = calibrate(tune, val, precision)
     val_maps = val.maps[val.scored]
-    pixel_thr = M.pixel_threshold(val_maps, cfg.pixel_threshold_quantile)
+    pixel_thr = PM.pixel_threshold(val_maps, cfg.pixel_threshold_quantile)
     split_hash = hash_test_split(data)
     detector = detector.calibrated(
         threshold=calibration.threshold, pixel_threshold=pixel_thr,

@@ -8,21 +8,15 @@ mismatches, or a split with one class only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from sklearn import metrics as skm
 
 #: Quantile of normal validation scores used as the threshold when the tune split has no
 #: labelled anomalies (the gate then refuses to pass: precision was never measured).
 FALLBACK_QUANTILE = 0.99
-#: AUPRO integrates the per-region-overlap curve up to this false-positive rate (MVTec AD).
-AUPRO_MAX_FPR = 0.3
-#: Pixel metrics subsample to at most this many pixels (deterministic stride) to bound memory.
-MAX_PIXELS = 4_000_000
 
 
 class MetricsInputError(ValueError):
@@ -280,167 +274,3 @@ def per_defect_table(
 
 
 # --- pixel-level -----------------------------------------------------------------------------
-
-
-def _pixel_arrays(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    masks = np.asarray(masks)
-    maps = np.asarray(maps, dtype=np.float32)
-    if masks.shape != maps.shape or maps.ndim != 3:
-        raise MetricsInputError(
-            f"pixel metrics need masks and maps of the same (N, H, W) shape, got {masks.shape} "
-            f"and {maps.shape}"
-        )
-    if not np.isfinite(maps).all():
-        raise MetricsInputError("test split: anomaly maps contain NaN or inf values")
-    return (masks > 0), maps
-
-
-def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
-    """ROC AUC over all pixels; masks uint8 (N, H, W) {0,1}, maps float (N, H, W).
-
-    Images with more than ``MAX_PIXELS`` pixels in total are subsampled with a fixed stride.
-    """
-    truth, maps = _pixel_arrays(masks, maps)
-    y, s = truth.ravel(), maps.ravel()
-    if y.size > MAX_PIXELS:
-        step = math.ceil(y.size / MAX_PIXELS)
-        y, s = y[::step], s[::step]
-    if y.all() or not y.any():
-        raise MetricsInputError("test split: pixel AUROC needs both anomalous and normal pixels")
-    return float(skm.roc_auc_score(y, s))
-
-
-def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-region-overlap curve: (fpr, pro), one point per distinct map value, ascending fpr.
-
-    PRO(t) = mean over ground-truth regions (8-connected components of each mask) of the
-    fraction of the region's pixels with ``map >= t``; FPR(t) = fraction of normal pixels with
-    ``map >= t``. Sorting all pixels once by value and cumulating per-pixel weights
-    (1 / (n_regions * region area) inside regions, 1 / n_normal outside) gives both curves at
-    every threshold without a threshold loop.
-    """
-    truth, maps = _pixel_arrays(masks, maps)
-    region_weight = np.zeros(maps.shape, dtype=np.float64)
-    n_regions = 0
-    for i, mask in enumerate(truth):
-        if not mask.any():
-            continue
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(
-            mask.astype(np.uint8), connectivity=8
-        )
-        areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-        inverse = np.zeros(count)
-        inverse[1:] = 1.0 / areas[1:]
-        region_weight[i] = inverse[labels]
-        n_regions += count - 1
-    n_normal = int((~truth).sum())
-    if n_regions == 0 or n_normal == 0:
-        raise MetricsInputError("test split: AUPRO needs anomalous regions and normal pixels")
-    values = maps.ravel()
-    order = np.argsort(-values, kind="stable")
-    values = values[order]
-    pro = np.cumsum(region_weight.ravel()[order]) / n_regions
-    fpr = np.cumsum((~truth).ravel()[order]) / n_normal
-    last_of_tie = np.r_[np.flatnonzero(np.diff(values) != 0), values.size - 1]
-    return np.r_[0.0, fpr[last_of_tie]], np.r_[0.0, pro[last_of_tie]]
-
-
-def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = AUPRO_MAX_FPR) -> float:
-    """Area under the PRO curve for FPR in [0, ``max_fpr``], divided by ``max_fpr`` (0..1)."""
-    fpr, pro = pro_curve(masks, maps)
-    end = np.interp(max_fpr, fpr, pro)
-    keep = fpr <= max_fpr
-    x = np.r_[fpr[keep], max_fpr]
-    y = np.r_[pro[keep], end]
-    return float(np.trapezoid(y, x) / max_fpr)
-
-
-def pixel_threshold(normal_maps: np.ndarray, quantile: float) -> float:
-    """``quantile`` of all pixels of normal (validation) maps: the heat-map mask threshold."""
-    values = np.asarray(normal_maps, dtype=np.float32).ravel()
-    if values.size == 0:
-        raise MetricsInputError("val split: no normal maps to set the pixel threshold from")
-    if not np.isfinite(values).all():
-        raise MetricsInputError("val split: anomaly maps contain NaN or inf values")
-    if values.size > MAX_PIXELS:
-        values = values[:: math.ceil(values.size / MAX_PIXELS)]
-    return float(np.quantile(values, quantile))
-
-
-# --- video -----------------------------------------------------------------------------------
-
-
-def runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs of True in a 1-D boolean array as half-open ``(start, stop)`` pairs."""
-    flags = np.asarray(flags, dtype=bool).astype(np.int8)
-    edges = np.diff(np.r_[0, flags, 0])
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
-
-
-def event_metrics(
-    clips: list[tuple[np.ndarray, np.ndarray]], threshold: float
-) -> dict[str, float]:
-    """Event-level recall and precision over clips of (labels (T,), smoothed scores (T,)).
-
-    An event is a maximal run of frames labelled anomalous; it is detected when any of its
-    frames has ``score >= threshold``. A predicted event is a maximal run of frames at or above
-    the threshold; it is false when it overlaps no labelled event. NaN scores (a clip's first
-    frame, which has no prediction) never count as flagged. Also reports the mean detection
-    delay in frames (first flagged frame minus event start, over detected events).
-    """
-    n_events = detected = n_pred = false_pred = 0
-    delays: list[int] = []
-    for labels, scores in clips:
-        labels = np.asarray(labels).astype(bool)
-        flagged = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf) >= threshold
-        if labels.shape != flagged.shape:
-            raise MetricsInputError(f"a clip has {labels.size} labels but {flagged.size} scores")
-        for start, stop in runs(labels):
-            n_events += 1
-            hits = np.flatnonzero(flagged[start:stop])
-            if hits.size:
-                detected += 1
-                delays.append(int(hits[0]))
-        for start, stop in runs(flagged):
-            n_pred += 1
-            if not labels[start:stop].any():
-                false_pred += 1
-    return {
-        "event_recall": detected / n_events if n_events else 0.0,
-        "event_precision": (n_pred - false_pred) / n_pred if n_pred else 0.0,
-        "n_events": n_events,
-        "n_detected_events": detected,
-        "n_predicted_events": n_pred,
-        "n_false_events": false_pred,
-        "mean_detection_delay_frames": float(np.mean(delays)) if delays else 0.0,
-    }
-
-
-def clip_aurocs(clips: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Frame AUROCs that most video papers report beside the raw pooled one.
-
-    ``clips``: (labels (T,), scores (T,)) per clip, unscored frames already removed.
-    ``frame_auroc_clip_normalized``: each clip's scores min-max normalized over the whole clip,
-    then pooled (it uses each test clip's full range, which a live line never has);
-    ``frame_auroc_mean_per_clip``: the mean AUROC of the clips that hold both classes.
-    """
-    normalized, labels, per_clip = [], [], []
-    for clip_labels, clip_scores in clips:
-        scores = np.asarray(clip_scores, dtype=np.float64)
-        if scores.size == 0:
-            continue
-        span = scores.max() - scores.min()
-        normalized.append((scores - scores.min()) / span if span > 0 else np.zeros_like(scores))
-        labels.append(np.asarray(clip_labels))
-        if 0 < np.asarray(clip_labels).sum() < len(clip_labels):
-            per_clip.append(float(skm.roc_auc_score(clip_labels, scores)))
-    out: dict[str, float] = {}
-    pooled = np.concatenate(labels) if labels else np.zeros(0)
-    if 0 < pooled.sum() < len(pooled):
-        out["frame_auroc_clip_normalized"] = float(
-            skm.roc_auc_score(pooled, np.concatenate(normalized))
-        )
-    if per_clip:
-        out["frame_auroc_mean_per_clip"] = float(np.mean(per_clip))
-        out["n_clips_with_both_classes"] = len(per_clip)
-    return out

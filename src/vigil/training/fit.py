@@ -10,10 +10,7 @@ both start fresh, so the result is what a fresh training with these settings giv
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 import sys
 import time
 import warnings
@@ -28,7 +25,6 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from torch.utils.data import DataLoader
 
-from vigil.atomic import atomic_write_json
 from pydantic import BaseModel
 
 from vigil.config import Params
@@ -37,13 +33,11 @@ from vigil.models.registry import get_family
 from vigil.models.spec import build_model, model_spec, save_trained
 from vigil.registry.tracking import connect, ensure_experiment
 from vigil.training import tracking
+from vigil.training.resume import fingerprint, resume_checkpoint, write_state
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "resume.json"
-# Settings that may change between an interrupted run and its resumption.
-RESUMABLE_KEYS = {"max_epochs", "max_minutes", "patience", "log_images_every_n_epochs", "num_workers", "accelerator"}
 
 
 @dataclass(frozen=True)
@@ -77,76 +71,6 @@ def dataset_model_config(
         raise TypeError(f"family {family!r} needs a {config_cls.__name__}, got "
                         f"{type(override).__name__}")
     return family, override
-
-
-def _fingerprint(spec: dict, params: Params, data: PreparedDataset) -> str:
-    train = {k: v for k, v in params.train.model_dump(mode="json").items() if k not in RESUMABLE_KEYS}
-    blob = json.dumps({"spec": spec, "train": train, "data": data.content_hash}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _read_state(state_file: Path) -> dict[str, Any]:
-    """The resume state (``fingerprint``, ``run_id``, ``completed``), or {} when unreadable."""
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def _checkpoint_epoch(path: Path) -> int | None:
-    """The 0-based index of the last epoch ``path`` finished (Lightning's ``epoch``), or None
-    when the checkpoint cannot be read."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt["epoch"])
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply not resumed
-        return None
-
-
-def _resume_refusal(
-    last: Path, state: dict[str, Any], fingerprint: str, max_epochs: int
-) -> str | None:
-    """Why ``last`` must not be resumed, or None when it may."""
-    if state.get("fingerprint") != fingerprint:
-        return "different data, model or training settings"
-    if state.get("completed"):
-        return f"the run that wrote it ({state.get('run_id')}) completed"
-    epoch = _checkpoint_epoch(last)
-    if epoch is None:
-        return "it cannot be read"
-    if epoch >= max_epochs:
-        return f"it finished epoch {epoch + 1}, beyond max_epochs={max_epochs}"
-    return None
-
-
-def _resume_checkpoint(
-    ckpt_dir: Path, fingerprint: str, resume: bool, max_epochs: int
-) -> tuple[Path | None, str | None]:
-    """(last.ckpt, run id that wrote it) when an interrupted run with the same fingerprint can
-    go on; otherwise clears the checkpoints (with a log line saying why) and returns (None, None).
-    """
-    state_file = ckpt_dir / STATE_FILE
-    last = ckpt_dir / "last.ckpt"
-    reason = "resume=False"
-    if resume and last.is_file() and state_file.is_file():
-        state = _read_state(state_file)
-        reason = _resume_refusal(last, state, fingerprint, max_epochs)
-        if reason is None:
-            return last, state.get("run_id")
-    elif resume:
-        reason = "no resumable checkpoint"
-    if ckpt_dir.exists():
-        log.info("starting fresh: discarding checkpoints in %s (%s)", ckpt_dir, reason)
-        shutil.rmtree(ckpt_dir)
-    return None, None
-
-
-def _write_state(ckpt_dir: Path, fingerprint: str, run_id: str, completed: bool) -> None:
-    """The resume state file: which settings and run wrote the checkpoints, and whether that
-    run completed (a completed run is never resumed)."""
-    state = {"fingerprint": fingerprint, "run_id": run_id, "completed": completed}
-    atomic_write_json(ckpt_dir / STATE_FILE, state)
 
 
 class _Throughput(pl.Callback):
@@ -225,9 +149,9 @@ def fit(
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
-    fingerprint = _fingerprint(spec, params, data)
+    run_fingerprint = fingerprint(spec, params, data)
     max_epochs = max_epochs or params.train.max_epochs
-    ckpt_path, resumed_from = _resume_checkpoint(ckpt_dir, fingerprint, resume, max_epochs)
+    ckpt_path, resumed_from = resume_checkpoint(ckpt_dir, run_fingerprint, resume, max_epochs)
 
     experiment_id = ensure_experiment(experiment_name(data.name))
     tags = {
@@ -244,12 +168,12 @@ def fit(
     )
     error: BaseException | None = None
     try:
-        _write_state(ckpt_dir, fingerprint, run_id, completed=False)
+        write_state(ckpt_dir, run_fingerprint, run_id, completed=False)
         result = _train_and_save(
             params, data, spec, model, plan, out_dir, ckpt_dir, ckpt_path,
             client, run_id, max_epochs, callbacks, log_model_images, started,
         )
-        _write_state(ckpt_dir, fingerprint, run_id, completed=True)
+        write_state(ckpt_dir, run_fingerprint, run_id, completed=True)
         return result
     except BaseException as exc:
         error = exc

@@ -7,6 +7,8 @@ import pytest
 from sklearn import metrics as skm
 
 from vigil.evaluation import metrics as M
+from vigil.evaluation import pixel_metrics as PM
+from vigil.evaluation import video_metrics as VM
 
 
 @pytest.fixture()
@@ -132,11 +134,11 @@ def masks_and_maps(seed=0):
 
 def test_pixel_auroc_matches_sklearn():
     masks, maps = masks_and_maps()
-    assert M.pixel_auroc(masks, maps) == pytest.approx(
+    assert PM.pixel_auroc(masks, maps) == pytest.approx(
         skm.roc_auc_score(masks.ravel(), maps.ravel())
     )
     with pytest.raises(M.MetricsInputError, match="both"):
-        M.pixel_auroc(np.zeros_like(masks), maps)
+        PM.pixel_auroc(np.zeros_like(masks), maps)
 
 
 def brute_aupro(masks, maps, max_fpr=0.3, steps=4000):
@@ -162,14 +164,14 @@ def brute_aupro(masks, maps, max_fpr=0.3, steps=4000):
 
 def test_aupro_matches_a_threshold_loop():
     masks, maps = masks_and_maps()
-    assert M.aupro(masks, maps) == pytest.approx(brute_aupro(masks, maps), abs=2e-3)
+    assert PM.aupro(masks, maps) == pytest.approx(brute_aupro(masks, maps), abs=2e-3)
 
 
 def test_aupro_is_one_for_a_perfect_map_and_needs_regions():
     masks, _ = masks_and_maps()
-    assert M.aupro(masks, masks.astype(np.float32)) == pytest.approx(1.0)
+    assert PM.aupro(masks, masks.astype(np.float32)) == pytest.approx(1.0)
     with pytest.raises(M.MetricsInputError, match="AUPRO"):
-        M.aupro(np.zeros_like(masks), masks.astype(np.float32))
+        PM.aupro(np.zeros_like(masks), masks.astype(np.float32))
 
 
 def test_pro_curve_averages_regions_not_pixels():
@@ -178,22 +180,22 @@ def test_pro_curve_averages_regions_not_pixels():
     masks[0, 5:9, 5:9] = 1  # a 16-pixel region
     maps = np.zeros((1, 10, 10), np.float32)
     maps[0, 0, 0] = 1.0  # only the small region is found
-    fpr, pro = M.pro_curve(masks, maps)
+    fpr, pro = PM.pro_curve(masks, maps)
     assert pro[1] == pytest.approx(0.5) and fpr[1] == 0.0  # half the regions, not 1/17
 
 
 def test_runs_and_event_metrics():
-    assert M.runs(np.array([0, 1, 1, 0, 1])) == [(1, 3), (4, 5)]
-    assert M.runs(np.zeros(3)) == []
+    assert VM.runs(np.array([0, 1, 1, 0, 1])) == [(1, 3), (4, 5)]
+    assert VM.runs(np.zeros(3)) == []
     labels = np.array([0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0])
     scores = np.array([np.nan, .1, .2, .9, .8, .1, .9, .1, .1, .2, .1, .1])
-    out = M.event_metrics([(labels, scores)], threshold=0.5)
+    out = VM.event_metrics([(labels, scores)], threshold=0.5)
     # event 1 (frames 2-4) detected at frame 3 (delay 1); event 2 (8-9) missed;
     # predicted runs: frames 3-4 (true) and frame 6 (false).
     assert out["event_recall"] == 0.5 and out["event_precision"] == 0.5
     assert out["n_events"] == 2 and out["n_false_events"] == 1
     assert out["mean_detection_delay_frames"] == 1.0
-    two = M.event_metrics([(labels, scores), (np.array([1, 1]), np.array([0.9, 0.1]))], 0.5)
+    two = VM.event_metrics([(labels, scores), (np.array([1, 1]), np.array([0.9, 0.1]))], 0.5)
     assert two["n_events"] == 3 and two["n_detected_events"] == 2
 
 
@@ -211,6 +213,6 @@ def test_per_defect_table():
 
 def test_pixel_threshold_is_a_quantile_of_normal_pixels():
     maps = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
-    assert M.pixel_threshold(maps, 0.99) == pytest.approx(np.quantile(np.arange(1000), 0.99))
+    assert PM.pixel_threshold(maps, 0.99) == pytest.approx(np.quantile(np.arange(1000), 0.99))
     with pytest.raises(M.MetricsInputError, match="val split"):
-        M.pixel_threshold(np.full((1, 2, 2), np.nan), 0.9)
+        PM.pixel_threshold(np.full((1, 2, 2), np.nan), 0.9)
