@@ -81,10 +81,10 @@ def model_config(spec: dict[str, Any]) -> BaseModel:
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """A fresh (untrained) network for ``spec``; checks the image size against the network."""
-    for key in ("family", "in_channels", "image_size", "model", "prep"):
+    family = spec_family(spec)  # first: a spec of an older vigil is refused with its remedy
+    for key in ("in_channels", "image_size", "model", "prep"):
         if key not in spec:
             raise ModelSpecError(f"model spec lacks {key!r} (has: {', '.join(sorted(spec))})")
-    family = spec_family(spec)
     output = "identity" if spec["prep"].get("normalize", "unit") == "zscore" else "sigmoid"
     network = family.build(spec["in_channels"], model_config(spec), output)
     network.encoding_shape(*spec["image_size"])  # raises ImageTooSmallError naming the sizes

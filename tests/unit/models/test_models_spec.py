@@ -8,11 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vigil.config import ImageModelConfig, ImagePrep, VideoModelConfig, VideoPrep
-from vigil.models import (
-    ConvAutoencoder,
-    FramePredictor,
-    ImageTooSmallError,
+from vigil.config import ImagePrep, VideoPrep
+from vigil.models import UnknownFamilyError, get_family, known_families
+from vigil.models.blocks import ImageTooSmallError
+from vigil.models.conv_ae.config import ConvAEConfig
+from vigil.models.conv_ae.network import ConvAutoencoder
+from vigil.models.convlstm.config import ConvLSTMConfig
+from vigil.models.convlstm.network import FramePredictor
+from vigil.models.spec import (
     ModelSpecError,
     build_model,
     load_trained,
@@ -20,22 +23,26 @@ from vigil.models import (
     save_trained,
 )
 
+PREP = ImagePrep(size=(32, 32))
 
 def test_spec_is_json_and_rebuilds_the_network(tmp_path):
     prep = ImagePrep(size=(32, 32), normalize="zscore")
-    spec = model_spec("image", 3, (32, 32), ImageModelConfig(depth=2, filters=4), prep=prep)
+    spec = model_spec("conv_ae", 3, (32, 32), ConvAEConfig(depth=2, filters=4), prep=prep)
+    assert spec["family"] == "conv_ae" and spec["modality"] == "image"
+    assert spec["prep"]["normalize"] == "zscore"
     assert json.loads(json.dumps(spec)) == spec
     model = build_model(spec)
     assert isinstance(model, ConvAutoencoder)
     assert isinstance(model.output, torch.nn.Identity)  # zscore inputs: no sigmoid
-    video = model_spec("video", 1, (32, 32), VideoModelConfig(filters=4), prep=VideoPrep())
+    video = model_spec("convlstm", 1, (32, 32), ConvLSTMConfig(filters=4), prep=VideoPrep())
     assert isinstance(build_model(video), FramePredictor)
     assert isinstance(build_model(video).output, torch.nn.Sigmoid)
 
 
 def test_save_then_load_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
-    spec = model_spec("image", 3, (32, 32), ImageModelConfig(depth=2, filters=4, error_head=True))
+    cfg = ConvAEConfig(depth=2, filters=4, error_head=True)
+    spec = model_spec("conv_ae", 3, (32, 32), cfg, prep=PREP)
     model = build_model(spec).eval()
     weights = save_trained(tmp_path, model, spec)
     assert weights.name == "weights.safetensors"
@@ -49,16 +56,35 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
 
 
 def test_bad_specs_and_folders(tmp_path):
-    with pytest.raises(ModelSpecError, match="ImageModelConfig"):
-        model_spec("image", 3, (32, 32), VideoModelConfig())
-    too_small = model_spec("image", 3, (16, 16), ImageModelConfig(depth=5))
+    with pytest.raises(ModelSpecError, match="ConvAEConfig"):
+        model_spec("conv_ae", 3, (32, 32), ConvLSTMConfig(), prep=PREP)
+    with pytest.raises(ModelSpecError, match="unknown key or model family 'nope'"):
+        model_spec("nope", 3, (32, 32), ConvAEConfig(), prep=PREP)
+    too_small = model_spec("conv_ae", 3, (16, 16), ConvAEConfig(depth=5), prep=PREP)
     with pytest.raises(ImageTooSmallError, match="image 16x16 is too small for depth 5: needs at least 32x32"):
         build_model(too_small)
     with pytest.raises(ModelSpecError, match="model.json"):
         load_trained(tmp_path)
-    spec = model_spec("image", 3, (32, 32), ImageModelConfig(depth=2, filters=4))
+    spec = model_spec("conv_ae", 3, (32, 32), ConvAEConfig(depth=2, filters=4), prep=PREP)
     save_trained(tmp_path, build_model(spec), spec)
-    other = model_spec("image", 3, (32, 32), ImageModelConfig(depth=2, filters=8))
+    other = model_spec("conv_ae", 3, (32, 32), ConvAEConfig(depth=2, filters=8), prep=PREP)
     (tmp_path / "model.json").write_text(json.dumps(other))
     with pytest.raises(ModelSpecError, match="do not match"):
         load_trained(tmp_path)
+    legacy = {k: v for k, v in spec.items() if k != "family"}
+    (tmp_path / "model.json").write_text(json.dumps(legacy))
+    with pytest.raises(ModelSpecError, match=r"older vigil; retrain it .*train@"):
+        load_trained(tmp_path)
+
+
+def test_families_are_found_by_name_with_their_records():
+    assert {"conv_ae", "convlstm"} <= set(known_families())
+    image, video = get_family("conv_ae"), get_family("convlstm")
+    assert (image.modality, image.config) == ("image", ConvAEConfig)
+    assert (video.modality, video.config) == ("video", ConvLSTMConfig)
+    assert set(image.searchable) <= set(ConvAEConfig.model_fields)
+    assert set(video.searchable) <= set(ConvLSTMConfig.model_fields)
+    assert isinstance(image.build(3, ConvAEConfig(depth=2, filters=4)), ConvAutoencoder)
+    assert isinstance(video.build(1, ConvLSTMConfig(filters=4)), FramePredictor)
+    with pytest.raises(UnknownFamilyError, match=r"model\.image_family: .*'nope'.*conv_ae"):
+        get_family("nope", key="model.image_family")

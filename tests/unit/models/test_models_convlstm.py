@@ -1,15 +1,16 @@
-"""FramePredictor and ConvLSTMCell: clip shapes, streaming equals clip mode, state carry."""
+"""convlstm family (FramePredictor and ConvLSTMCell): clip shapes, streaming equals clip mode, state carry."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vigil.config import VideoModelConfig
-from vigil.models import ConvLSTMCell, FramePredictor, ImageTooSmallError
+from vigil.models.blocks import ImageTooSmallError
+from vigil.models.convlstm.config import ConvLSTMConfig
+from vigil.models.convlstm.network import ConvLSTMCell, FramePredictor
 from vigil.models.outputs import AnomalyOutput
 
-CFG = VideoModelConfig(encoder_depth=2, filters=8, hidden_channels=6, error_head=True)
+CFG = ConvLSTMConfig(encoder_depth=2, filters=8, hidden_channels=6, error_head=True)
 
 
 def test_convlstm_cell_shapes_and_state_changes():
