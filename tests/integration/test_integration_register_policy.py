@@ -17,6 +17,7 @@ from tests.unit.registry.registry_helpers import (
     git,
     write_stage_inputs,
 )
+from vigil.evaluation.report import REGISTRATION_MARK
 from vigil.registry import promotion as pro
 
 MODEL = "vigil-tiny-image"
@@ -39,13 +40,20 @@ def test_experiment_sets_challenger_and_leaves_champion(mlflow_store, tmp_path, 
     args = ["--dataset", "tiny", "--params", str(tmp_path / "params.yaml")]
 
     # a clean commit: the gate's pass moves champion
-    write_stage_inputs(tmp_path, 0, {**GOOD, "test_split_hash": "t1"})
+    run_id = write_stage_inputs(tmp_path, 0, {**GOOD, "test_split_hash": "t1"})
+    report = tmp_path / "reports" / "tiny" / "evaluation" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text(f"<html><body><h2>Verdict</h2>{REGISTRATION_MARK}</body></html>")
     commit_all(tmp_path, "baseline")
     assert stage.main(args) == 0
     first = _decision(tmp_path)
     assert first["passed"] and first["promoted"], first
     assert first["promotion"]["allowed"] and "a clean commit" in first["promotion"]["why"]
     assert _alias(client, pro.CHAMPION) == first["version"] == "1"
+    # the run's copy of the report now says what register decided; the stage output is untouched
+    logged = mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/report.html")
+    assert "Registered as version 1 of vigil-tiny-image; the gate passed" in logged
+    assert "it is now champion" in logged and REGISTRATION_MARK in report.read_text()
 
     # `dvc exp run -S ...`: DVC runs the stage with these set; a better model passes the gate
     # but only becomes challenger
