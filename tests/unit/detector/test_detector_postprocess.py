@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from vigil.config import EvaluateConfig
-from vigil.evaluation import postprocess as pp
+from vigil.detector import postprocess as pp
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -106,10 +106,10 @@ def test_roi_zeroes_outside_and_rejects_a_roi_that_does_not_fit():
     assert pp.apply_roi(maps, None) is maps
     with pytest.raises(ValueError, match="does not fit"):
         pp.apply_roi(maps, (10, 0, 4, 4))
-    cfg = EvaluateConfig(median_blur=1, score="max")
+    cfg = EvaluateConfig(median_blur=1, score="max", roi=(2, 3, 4, 5))  # the ROI is cfg's
     hot = np.zeros((10, 12), np.float32)
     hot[0, 0] = 1.0
-    assert pp.image_score(pp.smooth_map(hot, cfg, roi=(2, 3, 4, 5)), cfg) == 0.0
+    assert pp.image_score(pp.smooth_map(hot, cfg), cfg) == 0.0
 
 
 def test_roi_from_params_reaches_the_chain(tmp_path):
@@ -154,13 +154,6 @@ def test_bad_roi_is_a_config_error_naming_the_file_and_field(tmp_path, roi, mess
     assert str(path) in str(error.value) and message in str(error.value), str(error.value)
 
 
-def test_config_defaults_equal_params_yaml():
-    """One truth: the post-processing defaults are the values params.yaml runs with."""
-    from vigil.config import load_params
-
-    assert load_params(REPO / "params.yaml").evaluate == EvaluateConfig()
-
-
 def test_overlay_is_blue_where_cold_and_red_where_hot():
     image = np.full((32, 32, 3), 128, np.uint8)
     heat = np.zeros((32, 32), np.float32)
@@ -176,11 +169,27 @@ def test_overlay_is_blue_where_cold_and_red_where_hot():
         pp.overlay(image, heat, vmax=0.0)
 
 
-def test_heat_map_runs_the_whole_chain():
-    error, truth = blob_map()
-    image = np.zeros((64, 64, 3), np.uint8)
-    cfg = EvaluateConfig()
-    result = pp.heat_map(image, error, cfg, pixel_threshold=0.25)
-    assert result.overlay.shape == (64, 64, 3)
-    assert (result.mask & truth).sum() / truth.sum() > 0.8
-    assert result.score == pytest.approx(pp.image_score(result.map, cfg))
+def test_map_to_input_resizes_or_places_the_map_in_the_roi():
+    anomaly_map = np.ones((8, 8), np.float32)
+    whole = pp.map_to_input(anomaly_map, (40, 60))
+    assert whole.shape == (40, 60) and np.allclose(whole, 1.0)
+    placed = pp.map_to_input(anomaly_map, (40, 60), roi=(10, 5, 20, 16))  # x, y, w, h
+    assert placed.shape == (40, 60) and placed.dtype == np.float32
+    assert np.allclose(placed[5:21, 10:30], 1.0) and placed.sum() == pytest.approx(20 * 16)
+    clipped = pp.map_to_input(anomaly_map, (40, 60), roi=(50, 30, 20, 20))  # past the edge
+    assert np.allclose(clipped[30:, 50:], 1.0) and clipped.sum() == pytest.approx(10 * 10)
+
+
+def test_overlay_bgr_keeps_the_input_colours_order_and_size():
+    gray = np.full((20, 30), 200, np.uint8)
+    assert pp.bgr_input(gray).shape == (20, 30, 3)
+    bgr = np.zeros((20, 30, 3), np.uint8)
+    bgr[..., 0] = 255  # a blue BGR input stays blue (no RGB swap on decoded inputs)
+    assert (pp.bgr_input(bgr) == bgr).all()
+    with pytest.raises(ValueError, match="uint8"):
+        pp.bgr_input(gray.astype(np.float32))
+    heat = np.zeros((20, 30), np.float32)
+    heat[:, 15:] = 1.0
+    out = pp.overlay_bgr(pp.bgr_input(gray), heat, vmax=1.0)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert (out[:, 15:, 2].astype(int) > out[:, 15:, 0].astype(int) + 30).all()  # red where hot
