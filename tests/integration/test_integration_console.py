@@ -161,9 +161,19 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
-def _page(browser, served: Served, *, signed_in: bool):
+@pytest.fixture()
+def contexts(browser) -> Iterator[list]:
+    """Browser contexts opened by a test, closed after it (so no live stream outlasts it)."""
+    opened: list = []
+    yield opened
+    for context in opened:
+        context.close()
+
+
+def _page(contexts: list, browser, served: Served, *, signed_in: bool):
     """A fresh tab (its own sessionStorage) on /console, signed in when asked."""
     context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    contexts.append(context)
     page = context.new_page()
     page.goto(f"{served.url}/console")
     page.wait_for_selector("body[data-ready=true]", timeout=15000)
@@ -197,8 +207,10 @@ def _drop(page, name: str, data: bytes) -> None:
     )
 
 
-def test_models_panel_shows_the_champion_and_its_gate_verdict(browser, served: Served) -> None:
-    page = _page(browser, served, signed_in=False)
+def test_models_panel_shows_the_champion_and_its_gate_verdict(
+    browser, served: Served, contexts
+) -> None:
+    page = _page(contexts, browser, served, signed_in=False)
     page.wait_for_selector("[data-testid=model-version]")
     assert page.inner_text("[data-testid=model-version]") == "version 1"
     assert page.inner_text("[data-testid=gate-verdict]") == "gate PASSED"
@@ -209,9 +221,9 @@ def test_models_panel_shows_the_champion_and_its_gate_verdict(browser, served: S
 
 
 def test_dropping_a_defect_image_shows_an_overlay_at_its_size_and_the_api_verdict(
-    browser, served: Served
+    browser, served: Served, contexts
 ) -> None:
-    page = _page(browser, served, signed_in=True)
+    page = _page(contexts, browser, served, signed_in=True)
     data = png(_defect_image())
     _drop(page, "defect.png", data)
     page.wait_for_function(
@@ -240,17 +252,28 @@ def test_dropping_a_defect_image_shows_an_overlay_at_its_size_and_the_api_verdic
     )
 
 
-def test_live_panel_receives_a_scored_frame_within_two_seconds(browser, served: Served) -> None:
+def test_live_panel_receives_a_scored_frame_within_two_seconds(
+    browser, served: Served, contexts
+) -> None:
     from vigil.scheduling.scorelog import ScoreLog, score_line
 
-    page = _page(browser, served, signed_in=True)
-    page.wait_for_function("Number(document.getElementById('timeline').dataset.points) > 0")
-    before = int(page.get_attribute("#timeline", "data-points"))
+    page = _page(contexts, browser, served, signed_in=True)
     frame = _defect_image()
+    heatmap = httpx.post(  # the service's own overlay (its request is logged: one more point)
+        f"{served.url}/score/heatmap",
+        content=png(frame),
+        headers={"content-type": "image/png", "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    overlay = cv2.imdecode(np.frombuffer(heatmap.content, np.uint8), cv2.IMREAD_COLOR)
+    before = len(served.score_log.read_text().splitlines())
+    page.wait_for_function(
+        f"Number(document.getElementById('timeline').dataset.points) === {before}", timeout=5000
+    )
     with ScoreLog(served.score_log, latest_every_s=0) as log:  # as `vigil watch` writes it
         written = time.monotonic()
         log.write(MODEL, "1", [(0.08, True)], 0.05)
-        log.write_latest(frame, frame, score_line(MODEL, "1", 0.08, 0.05, True))
+        log.write_latest(frame, overlay, score_line(MODEL, "1", 0.08, 0.05, True))
     page.wait_for_function(
         f"Number(document.getElementById('timeline').dataset.points) === {before + 1}",
         timeout=2000,
@@ -262,8 +285,10 @@ def test_live_panel_receives_a_scored_frame_within_two_seconds(browser, served: 
     _shot(page, served, "#live-panel", "live")
 
 
-def test_retrain_button_without_the_token_is_refused(browser, served: Served) -> None:
-    page = _page(browser, served, signed_in=False)
+def test_retrain_button_without_the_token_is_refused(
+    browser, served: Served, contexts
+) -> None:
+    page = _page(contexts, browser, served, signed_in=False)
     page.wait_for_selector("[data-testid=cycle]")
     assert "9b7e11aa0c42" in page.inner_text("#cycles")  # the recorded cycle's data version
     page.click("#retrain-run")
@@ -275,9 +300,9 @@ def test_retrain_button_without_the_token_is_refused(browser, served: Served) ->
     assert not lock.exists()  # nothing started
 
 
-def test_full_page(browser, served: Served) -> None:
+def test_full_page(browser, served: Served, contexts) -> None:
     """The whole console, signed in, with a scored part: the README's picture."""
-    page = _page(browser, served, signed_in=True)
+    page = _page(contexts, browser, served, signed_in=True)
     _drop(page, "part-0413.png", png(_defect_image()))
     page.wait_for_selector(".overlay-img")
     page.wait_for_selector("#live-frame:not([hidden])", timeout=5000)

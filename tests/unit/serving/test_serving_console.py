@@ -82,7 +82,8 @@ def test_models_panel_shows_gate_promotion_and_refused_versions(
 
     forced = {TAG_FORCED_BY: "ana", TAG_FORCE_REASON: "line 3 trial", TAG_FORCED_AT: "2026-01-02"}
     _tag(name, "1", forced)
-    app = create_app(ModelHolder(scorer), ServingConfig(console=ConsoleSettings(root=str(tmp_path))))
+    config = ServingConfig(console=ConsoleSettings(root=str(tmp_path)))
+    app = create_app(ModelHolder(scorer), config)
     client = httpx.Client(base_url=live_server(app).url, timeout=30)  # a fresh registry cache
     (model,) = client.get("/console/api/models").json()["models"]
     assert model["promotion"] == {
