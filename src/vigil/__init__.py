@@ -2,11 +2,16 @@
 
 Importing ``vigil`` sets OpenMP defaults (``OMP_WAIT_POLICY=PASSIVE``, ``OMP_NUM_THREADS``)
 before any submodule loads torch: without them torch's spin-waiting threads make each step
-many times slower on a busy machine. The one import-time side effect; see ``vigil.threads``.
+many times slower on a busy machine (see ``vigil.threads``). It also turns MLflow's pickle
+deserialization off unless the user set it (MLflow 3.17 allows it by default; vigil's packages
+are models from code with safetensors weights and never need it).
 """
+
+import os
 
 from vigil.threads import apply_process_defaults
 
 apply_process_defaults()
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
 
 __version__ = "0.1.0"

@@ -11,9 +11,7 @@ own image size next to the built-in one; changing only that dataset's overrides 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -81,7 +79,7 @@ def _params(root: Path, mini_override: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_plugin_family_and_per_dataset_overrides_through_the_pipeline(project, tmp_path):
+def test_plugin_family_and_per_dataset_overrides_through_the_pipeline(project, tmp_path):  # noqa: F811
     import mlflow
 
     root, env = project

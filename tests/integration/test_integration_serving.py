@@ -131,7 +131,8 @@ def _register_tiny_image_model(root: Path, name: str) -> str:
     import mlflow
 
     from vigil.models import build_model, model_spec, save_trained
-    from vigil.registry.package import CHECKSUM_TAG, log_package
+    from vigil.registry.integrity import BASIS_TAG, CHECKSUM_TAG
+    from vigil.registry.package import log_package
 
     prep = ImagePrep(size=(32, 32), channels=3)
     spec = model_spec(
@@ -151,6 +152,7 @@ def _register_tiny_image_model(root: Path, name: str) -> str:
         )
     version = mlflow.register_model(logged.model_uri, name).version
     client.set_model_version_tag(name, version, CHECKSUM_TAG, logged.checksum)
+    client.set_model_version_tag(name, version, BASIS_TAG, "gate")  # may serve
     client.set_registered_model_alias(name, "champion", version)
     return str(version)
 

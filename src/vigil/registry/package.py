@@ -35,10 +35,10 @@ Design decisions:
   evaluate stage wrote; the pyfunc, ``vigil serve`` and ``vigil watch`` load it with
   ``Detector.load`` and score through it, so they cannot drift from evaluation. Packages of an
   older vigil (``package.json``) are refused with the command that re-registers them.
-- **Checksum:** ``package_checksum`` hashes every file of the package (relative path + sha256),
-  except ``__pycache__`` folders and ``*.pyc`` files that Python writes when the bundled code is
-  imported, and MLflow's top-level ``registered_model_meta`` (rewritten at every registration).
-  Registration records it as the ``vigil.package_sha256`` version tag; pulls verify it.
+- **Checksum and signature:** ``vigil.registry.integrity``: every file of the logged package is
+  hashed (no exclusions); registration records it as the ``vigil.package_sha256`` version tag,
+  the gate's pass (or a forced promotion) is signed with ``VIGIL_SIGNING_KEY`` when one is set,
+  and every loader verifies both before anything in the package is imported.
 - ``mlflow models serve -m models:/NAME@champion --env-manager local`` execs ``uvicorn`` by name:
   run it with the venv's ``bin`` on PATH.
 """
@@ -46,7 +46,6 @@ Design decisions:
 from __future__ import annotations
 
 import base64
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -57,12 +56,13 @@ from typing import Any
 
 import numpy as np
 
+from vigil.registry.integrity import file_sha256, package_checksum
+
 
 ARTIFACT_KEY = "model"  # context.artifacts["model"] -> artifacts/model/
 DETECTOR_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
 LEGACY_FILE = "package.json"  # packages of vigil before the detector: refused, re-register
-CHECKSUM_TAG = "vigil.package_sha256"
 INPUT_COLUMN = "image"
 HEATMAP_PARAM = "return_heatmap"
 
@@ -79,9 +79,6 @@ RUNTIME_DISTRIBUTIONS = (
     "scipy",
     "scikit-learn",
 )
-_SKIPPED_IN_CHECKSUM = ("__pycache__",)
-# MLflow rewrites this file in the model's artifact folder at each registration (name, version).
-_MLFLOW_REGISTRATION_FILE = "registered_model_meta"
 
 
 class PackageError(ValueError):
@@ -98,49 +95,6 @@ class LoggedPackage:
     checksum: str  # package_checksum of the logged files
     threshold: float
     weights_sha256: str
-
-
-# --- hashing --------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def package_files(package_dir: Path | str) -> list[Path]:
-    """The files the checksum covers, sorted by relative path (bytecode caches excluded)."""
-    root = Path(package_dir)
-    if not root.is_dir():
-        raise PackageError(f"{root}: package folder not found")
-    files = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part in _SKIPPED_IN_CHECKSUM for part in rel.parts) or path.suffix == ".pyc":
-            continue
-        if rel.as_posix() == _MLFLOW_REGISTRATION_FILE:
-            continue
-        if path.is_file():
-            files.append(rel)
-    return sorted(files, key=lambda rel: rel.as_posix())
-
-
-def package_checksum(package_dir: Path | str) -> str:
-    """sha256 over ``<relative path>\\0<file sha256>\\n`` for every package file, sorted by path.
-
-    A renamed, added, removed or modified file changes it; file times and folder order do not.
-    """
-    root = Path(package_dir)
-    files = package_files(root)
-    if not files:
-        raise PackageError(f"{root}: package folder is empty")
-    digest = hashlib.sha256()
-    for rel in files:
-        digest.update(f"{rel.as_posix()}\0{file_sha256(root / rel)}\n".encode())
-    return digest.hexdigest()
 
 
 # --- reading a package ----------------------------------------------------------------------

@@ -183,6 +183,8 @@ def _record_then_promote(
             client.set_model_version_tag(
                 name, version, TAG_GATE_PASSED, str(decision.passed).lower()
             )
+            if decision.passed:
+                vouch(client, name, version, "gate")
             client.set_model_version_tag(name, version, TAG_DECISION_STATE, "recorded")
         if decision.promoted:
             with registry_errors(f"moving {CHAMPION} of {name} to version {version}"):
@@ -191,6 +193,18 @@ def _record_then_promote(
         if path is not None:
             write_decision(rolled_back(decision, error), path)
         raise
+
+
+def vouch(client: MlflowClient, name: str, version: str, basis: str) -> None:
+    """Record why the version may serve (``gate`` or ``forced``) and, with a signing key, sign
+    that statement over its recorded checksum (``vigil.registry.integrity``)."""
+    from vigil.registry.integrity import BASIS_TAG, CHECKSUM_TAG, SIGNATURE_TAG, sign
+
+    checksum = (client.get_model_version(name, version).tags or {}).get(CHECKSUM_TAG)
+    client.set_model_version_tag(name, version, BASIS_TAG, basis)
+    signature = sign(name, version, checksum, basis) if checksum else None
+    if signature:
+        client.set_model_version_tag(name, version, SIGNATURE_TAG, signature)
 
 
 def _promote(client: MlflowClient, name: str, version: str, before: ModelVersion | None) -> None:
@@ -264,6 +278,7 @@ def force_promote(
             client.set_model_version_tag(name, version, TAG_FORCED_BY, who)
             client.set_model_version_tag(name, version, TAG_FORCE_REASON, why[:MAX_TAG_VALUE])
             client.set_model_version_tag(name, version, TAG_FORCED_AT, stamp)
+            vouch(client, name, version, "forced")
             _promote(client, name, version, before)
     except PromotionError as error:
         if path is not None:

@@ -12,24 +12,36 @@ in time order), exactly as the evaluate stage scored.
 
 from __future__ import annotations
 
-import vigil  # noqa: F401  (first: it sets the OpenMP defaults before numpy or torch load)
+import sys
 
-import base64
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+# Under `mlflow models serve` the bundled code/ is on sys.path: importing it must not write
+# bytecode into the package, whose every file is checksummed (vigil.registry.integrity).
+sys.dont_write_bytecode = True
 
-import mlflow.pyfunc
-import numpy as np
+import vigil  # noqa: E402, F401  (before numpy/torch: it sets the OpenMP defaults)
+
+import base64  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
 
 _LIBRARY_NAME = "vigil.registry.pyfunc_model"
+# The input schema is the package's explicit signature (binary `image` column); MLflow's advice
+# to add type hints instead would otherwise print on every load.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
     """Encoded images in, ``score`` / ``is_anomaly`` / optional ``heatmap`` out."""
 
     def load_context(self, context) -> None:
-        self.load(Path(context.artifacts["model"]))
+        artifacts = Path(context.artifacts["model"])
+        verify_loaded_package(artifacts.parents[1])
+        self.load(artifacts)
 
     def load(self, artifacts_dir: Path) -> VigilAnomalyModel:
         """Load the package's detector (safetensors weights + detector.json)."""
@@ -71,6 +83,25 @@ class VigilAnomalyModel(mlflow.pyfunc.PythonModel):
                 base64.b64encode(encode_png(item.overlay)).decode("ascii") for item in items
             ]
         return table
+
+
+def verify_loaded_package(package_root: Path) -> None:
+    """A package installed by ``vigil pull`` (``versions/<v>/{manifest.json,package/}``) is checked
+    against its manifest (files, promotion basis, signature); any other package only loads while
+    no signing key is configured (``vigil.registry.integrity``). MLflow has already executed this
+    file by then: verify with ``vigil pull`` before handing a package to ``mlflow models serve``."""
+    import json
+
+    from vigil.registry.integrity import KEY_ENV, Release, signing_key, verify_release
+
+    manifest = package_root.parent / "manifest.json"
+    if manifest.is_file():
+        verify_release(package_root, Release.from_manifest(json.loads(manifest.read_text())))
+    elif signing_key() is not None:
+        raise ValueError(
+            f"{package_root}: not installed by `vigil pull` (no manifest.json beside it), and "
+            f"{KEY_ENV} is set: pull the version with `vigil pull` and serve that folder"
+        )
 
 
 def _column(model_input, name: str) -> list:

@@ -19,7 +19,8 @@ from mlflow.entities.model_registry.model_version_status import ModelVersionStat
 from mlflow.tracking import MlflowClient
 
 from vigil.registry.gate import SETTINGS_KEY
-from vigil.registry.package import CHECKSUM_TAG, LoggedPackage, package_checksum
+from vigil.registry.integrity import CHECKSUM_TAG, package_checksum
+from vigil.registry.package import LoggedPackage
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -195,7 +196,9 @@ def verify_version(
     expected = expected or (found.tags or {}).get(CHECKSUM_TAG)
     if not expected:
         raise PromotionError(f"{name} version {version} has no {CHECKSUM_TAG!r} tag to verify")
-    uri = f"models:/{name}/{version}"
+    # the logged model itself (what registration checksummed); models:/NAME/V would add
+    # MLflow's registered_model_meta file
+    uri = found.source or f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="vigil-verify-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)

@@ -155,9 +155,36 @@ def load_scorer(
         raise ModelLoadError(f"{path}: model folder not found (run `vigil pull` first)")
     manifest = read_manifest(path) or {}
     package = path / PACKAGE_DIR if (path / PACKAGE_DIR).is_dir() else path
+    verify_installed(package, manifest)
     return scorer_from_package(
         package, manifest, max_concurrent=max_concurrent, smoke_test=smoke_test
     )
+
+
+def verify_installed(package: Path, manifest: dict[str, Any]) -> None:
+    """Before anything in ``package`` loads: its files, promotion basis and (with a signing key)
+    signature against its pulled manifest (``vigil.registry.integrity``). A bare package folder
+    without a manifest (development) loads only while no signing key is configured."""
+    from vigil.registry.integrity import (
+        KEY_ENV,
+        IntegrityError,
+        Release,
+        signing_key,
+        verify_release,
+    )
+
+    if not manifest:
+        if signing_key() is not None:
+            raise ModelLoadError(
+                f"{package}: no manifest.json (not installed by `vigil pull`), and {KEY_ENV} is "
+                "set: only verified, signed packages may load"
+            )
+        log.warning("%s: no manifest.json: loading an unverified package folder", package)
+        return
+    try:
+        verify_release(package, Release.from_manifest(manifest))
+    except (IntegrityError, OSError) as error:
+        raise ModelLoadError(str(error)) from error
 
 
 def scorer_from_package(

@@ -131,14 +131,17 @@ def pull(
     if _is_installed(installed, installed_dir, found):
         log.info("%s version %s already in %s: nothing to do", model, found.version, dest)
         return installed
-    expected = expected_checksum(found)
+    from vigil.registry.integrity import Release
+
+    expected_checksum(found)
+    release = Release.from_tags(found.name, str(found.version), found.tags or {})
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull-", dir=dest.parent))
     try:
         package = staging / PACKAGE_DIR
         _download(found, package)
-        actual = verify_package(package, expected, label=f"{model} version {found.version}")
-        manifest = _build_manifest(client, found, None if version else alias, package, actual)
+        verify_package(package, release, label=f"{model} version {found.version}")
+        manifest = _build_manifest(client, found, None if version else alias, package, release)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         replace_dir(staging, dest)
     finally:
@@ -149,37 +152,33 @@ def pull(
 
 def expected_checksum(found: ModelVersion) -> str:
     """The sha256 recorded on the version at registration; PullError when it is missing."""
-    from vigil.registry import package as registry_package
+    from vigil.registry.integrity import CHECKSUM_TAG
 
-    tag = registry_package.CHECKSUM_TAG
-    value = (found.tags or {}).get(tag)
+    value = (found.tags or {}).get(CHECKSUM_TAG)
     if not value:
         raise PullError(
-            f"{found.name} version {found.version} has no {tag!r} tag: it was not registered "
-            "by vigil (or the tag was removed), so its package cannot be verified"
+            f"{found.name} version {found.version} has no {CHECKSUM_TAG!r} tag: it was not "
+            "registered by vigil (or the tag was removed), so its package cannot be verified"
         )
     return value
 
 
 def package_checksum(package_dir: Path | str) -> str:
-    """sha256 of the package files, computed the way registration computed it."""
-    from vigil.registry import package as registry_package
+    """sha256 of every package file, computed the way registration computed it."""
+    from vigil.registry.integrity import package_checksum as checksum
 
-    return registry_package.package_checksum(Path(package_dir))
+    return checksum(Path(package_dir))
 
 
-def verify_package(package_dir: Path | str, expected: str, *, label: str = "package") -> str:
-    """Check the files under ``package_dir`` against ``expected``; returns the checksum."""
+def verify_package(package_dir: Path | str, release, *, label: str = "package") -> str:
+    """Check the files under ``package_dir`` against the version's ``Release`` record (checksum,
+    promotion basis, signature when a key is set: ``vigil.registry.integrity``)."""
+    from vigil.registry.integrity import IntegrityError, verify_release
+
     try:
-        actual = package_checksum(package_dir)
-    except (OSError, ValueError) as error:
-        raise ChecksumMismatchError(f"{label}: cannot checksum {package_dir}: {error}") from error
-    if actual != expected:
-        raise ChecksumMismatchError(
-            f"{label}: package checksum {actual[:16]}... does not match the registered "
-            f"{expected[:16]}...: the package was modified or corrupted; refusing to install it"
-        )
-    return actual
+        return verify_release(package_dir, release)
+    except (IntegrityError, OSError) as error:
+        raise ChecksumMismatchError(f"{label}: {error}") from error
 
 
 def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
@@ -222,7 +221,7 @@ def _download(found: ModelVersion, target: Path) -> None:
 
 
 def _build_manifest(
-    client: MlflowClient, found: ModelVersion, alias: str | None, package: Path, checksum: str
+    client: MlflowClient, found: ModelVersion, alias: str | None, package: Path, release
 ) -> dict[str, Any]:
     """The manifest written beside the package: what it is, where from, when, how good."""
     from vigil.registry.package import PackageError, read_detector_record
@@ -248,7 +247,7 @@ def _build_manifest(
         "modality": record.modality,
         "family": record.family,
         "metrics": metrics,
-        "checksum": checksum,
+        **release.as_manifest(),  # checksum, promotion basis, signature: loaders verify them
         "source": found.source,
         "pulled_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

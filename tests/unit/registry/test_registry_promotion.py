@@ -8,6 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from vigil.registry.integrity import CHECKSUM_TAG
+
 from tests.unit.registry.registry_helpers import (
     BETTER,
     GOOD,
@@ -20,7 +22,6 @@ from tests.unit.registry.registry_helpers import (
 )
 from tests.conftest import load_pipeline
 from vigil.config import GateConfig
-from vigil.registry import package as pkg
 from vigil.registry import promotion as pro
 
 GATE = GateConfig(precision=0.9, min_recall=0.8, champion_tolerance=0.02)
@@ -64,7 +65,7 @@ def test_pass_moves_champion_and_fail_leaves_it(client, tmp_path):
     assert tags[pro.TAG_GATE_PASSED] == "true"
     assert tags["vigil.git_commit"] == "abc123" and tags["vigil.data_hash"] == "d1"
     assert float(tags["vigil.metric.recall_at_threshold"]) == 0.9
-    assert tags[pkg.CHECKSUM_TAG] == first.checksum
+    assert tags[CHECKSUM_TAG] == first.checksum
 
     weak = pro.register_candidate(client, NAME, logged_package(tmp_path, 1), WEAK, GATE, LINEAGE)
     assert not weak.passed and not weak.promoted

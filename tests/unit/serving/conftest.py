@@ -62,7 +62,8 @@ def register(name: str, tiny: TinyModel, alias: str | None = "champion") -> str:
     """Log the package to MLflow, register it with its checksum tag; returns the version."""
     import mlflow
 
-    from vigil.registry.package import CHECKSUM_TAG, log_package
+    from vigil.registry.integrity import BASIS_TAG, CHECKSUM_TAG
+    from vigil.registry.package import log_package
 
     experiment = _experiment()
     mlflow.set_experiment(experiment_id=experiment)  # logged models follow it, not the run
@@ -72,6 +73,7 @@ def register(name: str, tiny: TinyModel, alias: str | None = "champion") -> str:
     client = mlflow.MlflowClient()
     version = mlflow.register_model(logged.model_uri, name).version
     client.set_model_version_tag(name, version, CHECKSUM_TAG, logged.checksum)
+    client.set_model_version_tag(name, version, BASIS_TAG, "gate")  # may serve
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return str(version)

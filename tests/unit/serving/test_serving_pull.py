@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from conftest import make_model_dir, png, register, sample_images
 
-from vigil.registry.package import CHECKSUM_TAG
+from vigil.registry.integrity import CHECKSUM_TAG
 from vigil.serving.pull import (
     CURRENT_LINK,
     MANIFEST_FILE,
