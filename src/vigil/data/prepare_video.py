@@ -186,11 +186,11 @@ def prepare_video(
 
     unknown_fps = [c.origin for c in clips if c.source_fps is None]
     if prep.fps is not None and unknown_fps:
-        log.info(
-            "%d clip(s) without a known source fps (frame folders without fps.txt) keep all "
-            "their frames: %s",
-            len(unknown_fps),
-            ", ".join(unknown_fps[:10]),
+        log.warning(
+            "dataset '%s': prepare.video.fps=%s has no effect on %d clip(s) without a known "
+            "source fps (frame folders without fps.txt): all their frames are kept. Put the "
+            "capture rate in an fps.txt (one number) in the source folder to resample: %s",
+            name, prep.fps, len(unknown_fps), ", ".join(unknown_fps[:10]),
         )
     with progress_bar(None, f"prepare {name}", progress) as bar:
         for clip in clips:

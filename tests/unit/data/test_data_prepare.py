@@ -282,6 +282,24 @@ def test_prepare_video_frame_folders_use_fps_file(tmp_path):
     assert [it.label for it in test_items] == [0, 0, 1, 1]
 
 
+def test_fps_without_fps_file_warns_once_per_dataset(tmp_path, caplog):
+    root = _frame_folder_source(tmp_path / "vid", "20")
+    (root / "fps.txt").unlink()
+    cfg = PrepareConfig.model_validate({"video": {"size": [16, 16], "fps": 10}})
+    with caplog.at_level(logging.WARNING, logger="vigil.data.prepare"):
+        prepare_dataset("f", VIDEO_SPEC, cfg, tmp_path / "a", base_dir=tmp_path, progress=False)
+    hits = [r for r in caplog.records if "has no effect" in r.getMessage()]
+    assert len(hits) == 1 and hits[0].levelno == logging.WARNING
+    message = hits[0].getMessage()
+    assert "dataset 'f'" in message and "prepare.video.fps=10" in message and "fps.txt" in message
+    assert "4 clip(s)" in message
+    caplog.clear()
+    (root / "fps.txt").write_text("20")
+    with caplog.at_level(logging.WARNING, logger="vigil.data.prepare"):
+        prepare_dataset("f", VIDEO_SPEC, cfg, tmp_path / "b", base_dir=tmp_path, progress=False)
+    assert "has no effect" not in caplog.text
+
+
 def test_video_shorter_than_its_labels_is_reported(tmp_path, caplog):
     root = _video_source(tmp_path / "vid", n_frames=8)
     with (root / "testing" / "frame_labels.csv").open("a") as handle:
