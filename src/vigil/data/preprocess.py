@@ -150,10 +150,10 @@ def _pil_header_size(data: bytes) -> tuple[int, int] | None:
         load_plugins()
         for fmt in list(Image.ID):
             factory, accept = Image.OPEN[fmt]
-            accepted = accept(prefix) if accept else True
-            if not accepted or isinstance(accepted, str):
-                continue
-            try:
+            try:  # a plugin's accept may itself fail on a short prefix
+                accepted = accept(prefix) if accept else True
+                if not accepted or isinstance(accepted, str):
+                    continue
                 with factory(io.BytesIO(data), "") as header:
                     width, height = header.size
             except (SyntaxError, IndexError, TypeError, ValueError, OSError, EOFError, struct.error):

@@ -62,3 +62,10 @@ def test_images_within_the_budget_decode_and_masks_share_the_check(tmp_path):
 def test_non_image_bytes_still_get_the_plain_message():
     with pytest.raises(ImageDecodeError, match=r"x: not a decodable image \(9 bytes\)"):
         decode_image(b"not a png", "x")
+
+
+@pytest.mark.parametrize("data", [b"x", b"BM", b"\x89PNG", b"II*\x00", b"\xff\xd8\xff"])
+def test_a_few_bytes_are_a_plain_decode_error_never_a_struct_error(data):
+    # found by the property-based API test: PIL's BMP probe fails on a 1-byte prefix
+    with pytest.raises(ImageDecodeError):
+        decode_image(data, "tiny")
