@@ -129,7 +129,7 @@ def plot_timeline(
 ) -> Path:
     """Per clip: smoothed score over frames, raw score faint, the threshold, shaded labelled
     anomalous spans. Each clip: ``name``, ``scores`` (T,), ``raw`` (T,), ``labels`` (T,)."""
-    from vigil.evaluation.metrics import runs
+    from vigil.evaluation.video_metrics import runs
 
     n = max(1, len(clips))
     fig, axes = plt.subplots(n, 1, figsize=(9, 1.2 + 1.9 * n), squeeze=False, sharey=True,
