@@ -4,8 +4,9 @@ Why: torch's CPU kernels run on OpenMP (libgomp). After each parallel region its
 spin-wait for the next one (up to ~300k spins by default). On an idle machine that saves a
 wake-up; on a busy one (a CI runner, a line-side box that serves while it retrains) the
 spinning threads burn the time slices the working threads need, and every step waits for
-its slowest thread: a training step measured ~20x slower next to other CPU-bound work, against
-a fair-share ~3x with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep when idle). libgomp reads
+its slowest thread: a training step measured up to ~20x slower on a busy machine, and 6-9x
+slower than with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep when idle) in
+``bench/contention.py`` (README, "Busy machine"). libgomp reads
 the variable once, when torch's shared libraries load, so it must be in the environment
 before the first ``import torch``: every entry point (``pipelines/*.py``, ``bench/*.py``, the
 ``vigil`` console script, the MLflow pyfunc package) imports ``vigil`` first.
