@@ -273,6 +273,9 @@ class EvaluateConfig(Strict):
     min_area: int = Field(10, ge=0)  # connected components smaller than this are dropped
     roi: Roi = None  # x, y, w, h in error-map (model input) pixels, i.e. after prepare's resize
     smoothing_window: int = Field(2, ge=1)  # video: moving average over frame scores
+    # how the operating threshold is calibrated on tune: auto follows the gate (prevalence if
+    # gate.prevalence is set, else false_alarm_rate if gate.max_false_alarm_rate is, else precision)
+    threshold_method: Literal["auto", "precision", "false_alarm_rate", "prevalence"] = "auto"
     n_report_examples: int = Field(6, ge=0)
 
     @field_validator("median_blur")
@@ -312,7 +315,8 @@ class Params(Strict):
     data: DataConfig
     generate: GenerateConfig = GenerateConfig()
     prepare: PrepareConfig = PrepareConfig()
-    model: ModelConfig = ModelConfig()
+    # a factory: validating ModelConfig imports the family packages, which import this module
+    model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

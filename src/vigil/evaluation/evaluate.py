@@ -29,6 +29,7 @@ import numpy as np
 from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
+from vigil.evaluation import calibration as C
 from vigil.evaluation import metrics as M
 from vigil.evaluation import pixel_metrics as PM
 from vigil.evaluation import video_metrics as VM
@@ -41,7 +42,6 @@ from vigil.evaluation.outputs import (
 )
 from vigil.evaluation.report import render_report, write_report
 from vigil.evaluation.splits import SplitScores, hash_test_split, score_split
-from vigil.registry.gate import evaluate_gate
 
 DETECTOR_DIR = "detector"  # models/<dataset>/detector/: the calibrated detector
 TRAIN_RUN_FILE = "train.json"
@@ -49,7 +49,7 @@ METRICS_FILE = "metrics.json"
 REPORT_DIR = "evaluation"
 REPORT_FILE = "report.html"
 MLFLOW_ARTIFACT_DIR = "evaluation"
-TEST_SPLIT_HASH = "test_split_hash"  # key in metrics.json / threshold.json, gate input
+TEST_SPLIT_HASH = "test_split_hash"  # key in metrics.json / detector.json, gate input
 TEST_SPLIT_TAG = "vigil.test_split_hash"  # the same on the training run
 
 
@@ -67,7 +67,6 @@ class EvaluationResult:
     metrics_path: Path
     report_path: Path
     run_id: str | None
-    gate_preview: dict[str, Any]
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -86,10 +85,28 @@ def reference_frame(data: PreparedDataset) -> np.ndarray | None:
     return np.ascontiguousarray(data.frames[int(index)])
 
 
-def calibrate(tune: SplitScores, val: SplitScores, precision: float) -> M.Calibration:
+def threshold_method(params: Params) -> str:
+    """``evaluate.threshold_method``; ``auto`` calibrates the way the gate judges: at the stated
+    prevalence when ``gate.prevalence`` is set, else at ``gate.max_false_alarm_rate``, else at
+    ``gate.precision`` on the tune split."""
+    method = params.evaluate.threshold_method
+    if method != "auto":
+        return method
+    if params.gate.prevalence is not None:
+        return "prevalence"
+    if params.gate.max_false_alarm_rate is not None:
+        return "false_alarm_rate"
+    return "precision"
+
+
+def calibrate(tune: SplitScores, val: SplitScores, params: Params) -> M.Calibration:
+    """The operating threshold on the tune split (normal val items count as normals)."""
     ok_tune, ok_val = tune.scored, val.scored
-    return M.calibrate_threshold(
-        tune.labels[ok_tune], tune.scores[ok_tune], precision,
+    return C.calibrate(
+        threshold_method(params), tune.labels[ok_tune], tune.scores[ok_tune],
+        precision=params.gate.precision,
+        max_false_alarm_rate=params.gate.max_false_alarm_rate,
+        prevalence=params.gate.prevalence,
         normal_scores=val.scores[ok_val], split="tune",
     )
 
@@ -206,7 +223,7 @@ def evaluate(
     val, tune, test = scored["val"], scored["tune"], scored["test"]
     if not test.scored.any():
         raise EvaluationError(f"{data_dir}: the test split has no scored items")
-    calibration = calibrate(tune, val, precision)
+    calibration = calibrate(tune, val, params)
     val_maps = val.maps[val.scored]
     pixel_thr = PM.pixel_threshold(val_maps, cfg.pixel_threshold_quantile)
     split_hash = hash_test_split(data)
@@ -223,10 +240,6 @@ def evaluate(
     per_defect = M.per_defect_table(
         [d for d, k in zip(test.defects, ok) if k], test.scores[ok], calibration.threshold
     )
-    gate = evaluate_gate(
-        {**flat, "data_hash": data.content_hash, TEST_SPLIT_HASH: split_hash}, None, params.gate
-    )
-
     metrics_path = write_json(out_dir / METRICS_FILE, {**flat, TEST_SPLIT_HASH: split_hash})
     write_plot_data(out_dir, test, calibration.threshold)
     report_dir = out_dir / REPORT_DIR
@@ -245,9 +258,9 @@ def evaluate(
         "training run": run_id or "none (no train.json)",
         "items scored (val / tune / test)": f"{val.scored.sum()} / {tune.scored.sum()} / "
                                             f"{test.scored.sum()}",
-        "gate preview (without champion)": "PASS" if gate.passed else "FAIL",
+        "threshold method": calibration.method,
     }
-    notes = [f"gate: {r}" for r in gate.reasons]
+    notes = ["the gate's verdict (with the champion comparison) is added at register"]
     if data.modality == "video":
         notes.append("video: the first frame of each clip has no prediction and is not scored; "
                      f"scores are a trailing moving average over {cfg.smoothing_window} frames")
@@ -255,7 +268,7 @@ def evaluate(
         notes.append(calibration.note)
     tables = {"Per defect type (test)": per_defect}
     html = render_report(f"vigil evaluation: {dataset}", summary, metrics,
-                         calibration.to_dict(), tables, figures, notes, gate=gate.to_dict())
+                         calibration.to_dict(), tables, figures, notes)
     report_path = write_report(report_dir / REPORT_FILE, html)
 
     if run_id and log_mlflow:
@@ -266,7 +279,7 @@ def evaluate(
         metrics=flat, test_split_hash=split_hash, calibration=calibration,
         pixel_threshold=pixel_thr,
         detector_dir=detector_dir, metrics_path=metrics_path, report_path=report_path,
-        run_id=run_id, gate_preview=gate.to_dict(),
+        run_id=run_id,
     )
 
 
@@ -300,7 +313,5 @@ def summary_lines(dataset: str, result: EvaluationResult) -> list[str]:
                      f"{m['n_events']}), precision {m['event_precision']:.3f}")
     if not cal.gate_can_pass:
         lines.append(f"  note: {cal.note}")
-    verdict = "PASS" if result.gate_preview["passed"] else "FAIL"
-    lines.append(f"  gate preview (champion comparison happens at register): {verdict}")
     lines.append(f"  report: {result.report_path}")
     return lines
