@@ -1,0 +1,115 @@
+"""future_frame family (FutureFramePredictor): clip shapes, stream == clip mode with a ring buffer
+of k frames, encoding shape, the training loss terms, and the fusion scales set on normal clips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.unit.training.conftest import make_video_dataset
+from vigil.data.prepared import PreparedDataset
+from vigil.data.torch_datasets import ClipDataset
+from vigil.models.blocks import ImageTooSmallError
+from vigil.models.future_frame.config import FutureFrameConfig
+from vigil.models.future_frame.network import FutureFramePredictor
+from vigil.models.future_frame.training import gradient_loss, set_fusion_scales
+from vigil.models.outputs import AnomalyOutput
+from vigil.models.registry import get_family
+
+CFG = FutureFrameConfig(context=3, depth=2, filters=4, bottleneck_channels=8)
+
+
+def test_family_is_registered_as_video_with_searchable_config_fields():
+    family = get_family("future_frame")
+    assert family.modality == "video"
+    assert set(family.searchable) <= set(FutureFrameConfig.model_fields)
+    assert isinstance(family.build(1, CFG), FutureFramePredictor)
+
+
+def test_encoding_shape_is_bottleneck_over_padded_size():
+    model = FutureFramePredictor(1, CFG)
+    assert model.encoding_shape(32, 32) == (8, 8, 8)
+    assert model.encoding_shape(30, 36) == (8, 8, 9)  # padded to a multiple of 2**depth
+    with pytest.raises(ImageTooSmallError, match="too small for depth 2"):
+        model.encoding_shape(2, 2)
+
+
+def test_clip_forward_scores_frames_k_to_T_minus_1():
+    model = FutureFramePredictor(1, CFG)
+    clip = torch.rand(2, 7, 1, 32, 32)
+    out = model(clip)
+    assert out.reconstruction.shape == (2, 4, 1, 32, 32)  # frames 3..6 predicted
+    assert out.error_map.shape == (2, 4, 1, 32, 32)
+    assert out.score.shape == (2, 4)
+    torch.testing.assert_close(out.score, out.error_map.mean(dim=(2, 3, 4)))
+    with pytest.raises(ValueError, match="clip"):
+        model(torch.rand(2, 3, 1, 32, 32))  # T must exceed k
+
+
+@torch.no_grad()
+def test_stream_ring_buffer_gives_none_for_the_first_k_frames_then_equals_clip_mode():
+    torch.manual_seed(0)
+    model = FutureFramePredictor(3, CFG).eval()
+    model.pred_scale.fill_(0.5)
+    model.app_scale.fill_(2.0)
+    clip = torch.rand(2, 8, 3, 36, 28)  # odd sizes: padding must agree in both modes
+    out = model(clip)
+    state = None
+    for t in range(8):
+        frame_out, state = model.stream(clip[:, t], state)
+        assert state.shape[1] == min(t + 1, CFG.context)  # the ring holds at most k frames
+        torch.testing.assert_close(state[:, -1], clip[:, t])
+        if t < CFG.context:
+            assert frame_out is None
+            continue
+        assert isinstance(frame_out, AnomalyOutput)
+        assert frame_out.error_map.shape == (2, 1, 36, 28)
+        for name in ("reconstruction", "error_map", "score"):
+            torch.testing.assert_close(
+                getattr(frame_out, name), getattr(out, name)[:, t - CFG.context],
+                atol=1e-5, rtol=1e-4,
+            )
+
+
+@torch.no_grad()
+def test_fused_map_is_each_error_over_its_scale():
+    torch.manual_seed(0)
+    model = FutureFramePredictor(1, CFG).eval()
+    clip = torch.rand(1, 4, 1, 16, 16)
+    history, frame = clip[:, :3], clip[:, 3]
+    pred_err, app_err = model.error_maps(frame, model.predict(history), model.appearance(frame))
+    model.pred_scale.fill_(0.25)
+    model.app_scale.fill_(4.0)
+    out = model(clip)
+    torch.testing.assert_close(out.error_map[:, 0], pred_err / 0.25 + app_err / 4.0)
+    plain = FutureFramePredictor(1, CFG.model_copy(update={"appearance": False})).eval()
+    assert plain.appearance_ae is None and plain.appearance(frame) is None
+    pred_only, none = plain.error_maps(frame, plain.predict(history), None)
+    assert none is None
+    torch.testing.assert_close(plain(clip).error_map[:, 0], pred_only)
+
+
+def test_gradient_loss_is_zero_for_equal_edges_and_positive_otherwise():
+    frame = torch.rand(2, 1, 8, 8)
+    assert float(gradient_loss(frame, frame + 0.3)) == pytest.approx(0.0, abs=1e-6)
+    assert float(gradient_loss(torch.zeros_like(frame), frame)) > 0
+
+
+@torch.no_grad()
+def test_set_fusion_scales_are_the_mean_errors_on_normal_clips(tmp_path):
+    data = PreparedDataset.load(make_video_dataset(tmp_path / "vid", size=16, n_frames=8))
+    clips = ClipDataset(data, "val", data.prep, 5, 5)
+    torch.manual_seed(0)
+    model = FutureFramePredictor(1, CFG).eval()
+    set_fusion_scales(model, clips, batch_size=1)
+    pred, app = [], []
+    for clip in clips:
+        histories, targets = model.windows(clip[None])
+        p, a = model.error_maps(targets, model.predict(histories), model.appearance(targets))
+        pred.append(p.flatten())
+        app.append(a.flatten())
+    assert float(model.pred_scale) == pytest.approx(float(torch.cat(pred).mean()), rel=1e-4)
+    assert float(model.app_scale) == pytest.approx(float(torch.cat(app).mean()), rel=1e-4)
+    # on those normal clips each term now weighs 1 on average: the fused map means 2
+    fused = torch.cat([model(clip[None]).error_map.flatten() for clip in clips])
+    assert float(fused.mean()) == pytest.approx(2.0, rel=1e-3)
