@@ -1,11 +1,28 @@
 """Quality on real data with the default params: magnetic tiles (images) and UCSD Ped2 (video).
 
     .venv/bin/python bench/quality.py [--tile ../shared/data/magnetic_tile]
-        [--ped2 ../shared/data/ucsd_ped2] [--only tile|ped2] [--keep]
+        [--ped2 ../shared/data/ucsd_ped2] [--only tile|ped2|capsules ...] [--keep]
+        [--families conv_ae,draem] [--size 128] [--max-minutes 4] [--trials 0]
+        [--video-families convlstm,future_frame] [--only ped2 print]
+
+Image datasets (tile, capsules: the built-in generated capsules) run once per image family of
+``--families`` on the same prepared data (datasets ``<name>_<family>``, each with the
+per-dataset override ``model: {image_family: <family>}``), and one table prints them side by
+side: image AUROC, pixel AUROC, AUPRO, recall at the gate's precision, false-alarm rate at the
+calibrated threshold (tune split; never selected on test) and training minutes. ``--size``,
+``--max-minutes`` and ``--trials`` shrink a run (``prepare.image.size``, ``train.max_minutes``,
+``sweep.n_trials``; they are printed with the results).
+
+Video datasets (ped2, print: the built-in generated print video) run once per video family of
+``--video-families`` the same way (``<name>_<family>``, override ``model: {video_family: ..}``);
+``video_table`` prints them side by side: frame AUROC (raw pooled scores, the headline; the
+smoothed one beside it), per-clip min-max-normalized pooled AUROC, mean per-clip AUROC, recall at
+the gate's precision, precision/recall at the tune-calibrated threshold, event recall/precision,
+gate verdict and training minutes; for Ped2 also the AUROC of clip 01, clip 02 and both.
 
 Clones the committed project into a temporary folder, points two datasets at the real folders
 (`data.datasets.<name>.source`, the documented way to bring your own data; the only other change
-is `prepare.image.channels: 1`, since the tiles are gray), and runs the real pipeline with
+is `prepare: {image: {channels: 1}}` for the tiles, since they are gray), and runs the real pipeline with
 `dvc repro register@tile register@ped2`: prepare, sweep, train, evaluate, register. Nothing is
 tuned to these sets. Prints what the evaluate stage measured on the test split (image and pixel
 AUROC for the tiles, frame AUC for Ped2) and, for Ped2, whose two labelled clips are split one
@@ -28,6 +45,7 @@ from pathlib import Path
 import yaml
 
 import vigil  # noqa: F401  (first: OpenMP defaults before torch loads, see vigil.threads)
+from vigil.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
@@ -42,45 +60,89 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def make_project(work: Path, datasets: dict[str, dict[str, str]]) -> Path:
+def make_project(work: Path, datasets: dict[str, dict], shrink: dict[str, dict] | None = None) -> Path:
+    """A clone of the committed project whose datasets are ``datasets``; ``shrink`` overrides
+    keys of params sections (``{"train": {"max_minutes": 4}}``)."""
     clone = work / "vigil"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     params_path = clone / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["data"]["datasets"] = datasets
-    params["prepare"]["image"]["channels"] = 1
+    for section, values in (shrink or {}).items():
+        params[section] = deep_merge(params[section], values)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    for name in datasets:  # the prepare stage depends on each dataset's (empty) ingest folder
+        extra = clone / params["data"]["extra_dir"] / name
+        extra.mkdir(parents=True, exist_ok=True)
+        (extra / ".gitkeep").touch()
     return clone
 
 
-def ped2_clip_aucs(project: Path) -> dict[str, float]:
-    """Frame AUC per labelled clip and over both, smoothed scores as the evaluate stage makes."""
+IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "false_alarm_rate")
+
+
+def family_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
+    """Lines of the side-by-side table: one row per (dataset, family) run."""
+    lines = [f"{'dataset':10} {'family':8} " + " ".join(f"{k:>19}" for k in IMAGE_KEYS)
+             + f" {'train_min':>9} {'epochs':>6}"]
+    for name, (base, family) in runs.items():
+        metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
+        train = json.loads((project / "models" / name / "train.json").read_text())
+        cells = " ".join(f"{metrics.get(k, float('nan')):>19.3f}" for k in IMAGE_KEYS)
+        lines.append(f"{base:10} {family:8} {cells} {train['wall_time_s'] / 60:>9.1f} "
+                     f"{train.get('epochs', '?'):>6}")
+    return lines
+
+
+VIDEO_KEYS = ("frame_auroc_raw", "frame_auroc", "frame_auroc_clip_normalized",
+              "frame_auroc_mean_per_clip", "recall_at_precision", "precision_at_threshold",
+              "recall_at_threshold", "event_recall", "event_precision")
+
+
+def video_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
+    """Lines of the side-by-side video table: one row per (dataset, video family) run."""
+    heads = ("raw", "smoothed", "clip_norm", "per_clip", "rec@prec", "prec@thr", "rec@thr",
+             "ev_rec", "ev_prec")
+    lines = ["frame AUROC raw = pooled raw scores (headline); smoothed = pooled moving average",
+             f"{'dataset':10} {'family':12} " + " ".join(f"{h:>9}" for h in heads)
+             + f" {'gate':>6} {'train_min':>9} {'epochs':>6}"]
+    for name, (base, family) in runs.items():
+        metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
+        decision = json.loads((project / "reports" / name / "decision.json").read_text())
+        train = json.loads((project / "models" / name / "train.json").read_text())
+        cells = " ".join(f"{metrics.get(k, float('nan')):>9.3f}" for k in VIDEO_KEYS)
+        gate = "pass" if decision.get("passed") else "reject"
+        lines.append(f"{base:10} {family:12} {cells} {gate:>6} "
+                     f"{train['wall_time_s'] / 60:>9.1f} {train.get('epochs', '?'):>6}")
+    return lines
+
+
+def clip_aucs(project: Path, name: str) -> dict[str, float]:
+    """Frame AUROC (smoothed scores, as the evaluate stage makes them) of each labelled clip of
+    the tune and test splits and of all of them pooled, from the stage's calibrated detector."""
     import numpy as np
-    import torch
     from sklearn.metrics import roc_auc_score
 
-    from vigil.config import load_params
     from vigil.data.prepared import PreparedDataset
-    from vigil.evaluation.evaluate import model_prep, score_split
-    from vigil.models import load_trained
+    from vigil.detector import Detector
+    from vigil.evaluation.splits import score_split
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    params = load_params(project / "params.yaml")
-    data = PreparedDataset.load(project / "data" / "prepared" / "ped2")
-    model, spec = load_trained(project / "models" / "ped2")
-    prep = model_prep(spec, params, "video")
+    data = PreparedDataset.load(project / "data" / "prepared" / name)
+    detector = Detector.load(project / "models" / name / "detector")
     out: dict[str, float] = {}
     labels, scores = [], []
     for split in ("tune", "test"):
-        s = score_split(model, data, split, prep, params.evaluate)
-        for name, a, b in s.clips:
+        s = score_split(detector, data, split)
+        for clip, a, b in s.clips:
             keep = s.scored[a:b]
             y, p = s.labels[a:b][keep], s.scores[a:b][keep]
             if 0 < y.sum() < len(y):
-                out[f"{name} ({split})"] = float(roc_auc_score(y, p))
+                out[f"{clip} ({split})"] = float(roc_auc_score(y, p))
             labels.append(y)
             scores.append(p)
-    out["both clips"] = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
+    y = np.concatenate(labels)
+    if 0 < y.sum() < len(y):
+        out["all clips"] = float(roc_auc_score(y, np.concatenate(scores)))
     return out
 
 
@@ -88,31 +150,65 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tile", type=Path, default=SHARED / "magnetic_tile")
     parser.add_argument("--ped2", type=Path, default=SHARED / "ucsd_ped2")
-    parser.add_argument("--only", choices=("tile", "ped2"))
+    parser.add_argument("--only", nargs="+", choices=("tile", "ped2", "capsules", "print"))
+    parser.add_argument("--families", default="conv_ae,draem",
+                        help="image families compared on each image dataset (comma-separated)")
+    parser.add_argument("--video-families", default="convlstm",
+                        help="video families compared on each video dataset (comma-separated)")
+    parser.add_argument("--size", type=int, help="prepare.image.size (square), default: params")
+    parser.add_argument("--max-minutes", type=float, help="train.max_minutes, default: params")
+    parser.add_argument("--trials", type=int, help="sweep.n_trials (0: no sweep), default: params")
     parser.add_argument("--keep", action="store_true", help="keep the project and print its path")
     args = parser.parse_args()
     if not (VENV / "bin" / "dvc").is_file():
         sys.exit(f"run this with the project's environment (.venv/bin/python), not {sys.executable}")
 
-    wanted = {
-        "tile": {"source": str(args.tile.resolve()), "modality": "image"},
+    sources = {
+        "tile": {"source": str(args.tile.resolve()), "modality": "image",
+                 "prepare": {"image": {"channels": 1}}},
         "ped2": {"source": str(args.ped2.resolve()), "modality": "video"},
+        "capsules": {"source": "data/raw/capsules", "modality": "image"},  # the generate stage's
+        "print": {"source": "data/raw/print", "modality": "video"},  # the generate stage's
     }
-    if args.only:
-        wanted = {args.only: wanted[args.only]}
-    for name, spec in wanted.items():
-        if not Path(spec["source"]).is_dir():
-            sys.exit(f"{name}: dataset folder {spec['source']} not found")
+    chosen = args.only or ["tile", "ped2"]
+    for name in chosen:
+        source = Path(sources[name]["source"])
+        if source.is_absolute() and not source.is_dir():
+            sys.exit(f"{name}: dataset folder {source} not found")
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    wanted: dict[str, dict] = {}
+    runs: dict[str, tuple[str, str]] = {}  # dataset name -> (source name, image family)
+    video_families = [f.strip() for f in args.video_families.split(",") if f.strip()]
+    video_runs: dict[str, tuple[str, str]] = {}  # dataset name -> (source name, video family)
+    for name in chosen:
+        if sources[name]["modality"] != "image":
+            for family in video_families:
+                wanted[f"{name}_{family}"] = {**sources[name], "model": {"video_family": family}}
+                video_runs[f"{name}_{family}"] = (name, family)
+            continue
+        for family in families:
+            wanted[f"{name}_{family}"] = {**sources[name], "model": {"image_family": family}}
+            runs[f"{name}_{family}"] = (name, family)
+    shrink: dict[str, dict] = {}
+    if args.size:
+        shrink["prepare"] = {"image": {"size": [args.size, args.size]}}
+    if args.max_minutes:
+        shrink["train"] = {"max_minutes": args.max_minutes}
+    if args.trials is not None:
+        shrink["sweep"] = {"n_trials": args.trials}
 
     work = Path(tempfile.mkdtemp(prefix="vigil-bench-quality-"))
-    project = make_project(work, wanted)
+    project = make_project(work, wanted, shrink)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIGIL_OPTUNA_STORAGE")}
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
     seconds = run([str(VENV / "bin" / "dvc"), "repro", *(f"register@{n}" for n in wanted)],
                   project, env)
 
-    print(f"\ncores: {os.cpu_count()}  pipeline wall time: {seconds:.0f} s")
+    print(f"\ncores: {os.cpu_count()}  pipeline wall time: {seconds:.0f} s  load average: "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}  settings: {shrink or 'params.yaml'}")
+    if runs:
+        print("\n".join(family_table(project, runs)))
     for name in wanted:
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
         decision = json.loads((project / "reports" / name / "decision.json").read_text())
@@ -123,9 +219,12 @@ def main() -> None:
               + "  ".join(f"{k}={metrics[k]:.3f}" for k in keys))
         print(f"{name}: gate {'PASSED' if decision.get('passed') else 'REJECTED'}"
               f" {'; '.join(decision.get('reasons') or [])}")
-    if "ped2" in wanted:
-        for clip, auc in ped2_clip_aucs(project).items():
-            print(f"ped2 frame AUC, {clip}: {auc:.3f}")
+    if video_runs:
+        print("\n".join(video_table(project, video_runs)))
+        for name in video_runs:
+            aucs = clip_aucs(project, name)
+            print(f"{name} frame AUROC per labelled clip (smoothed scores): "
+                  + "  ".join(f"{clip}={auc:.3f}" for clip, auc in aucs.items()))
     if args.keep:
         print(f"project kept at {project}")
     else:
