@@ -43,10 +43,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vigil import __version__
@@ -55,13 +54,16 @@ from vigil.redact import redact
 from vigil.serving import LimitSettings, ServingConfig
 from vigil.serving.docs import mount_offline_docs
 from vigil.serving.follow import ModelHolder
-from vigil.serving.limits import RequestLimits
+from vigil.serving.inputs import InputError
+from vigil.serving.inputs import decode_all as _decode_all
+from vigil.serving.inputs import many_images as _many_images
+from vigil.serving.inputs import one_image_body as _one_image_body
+from vigil.serving.limits import BodyLimit, RequestLimits
 from vigil.serving.loader import FrameScore, ModelInfo, Scorer, encode_png
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "VIGIL_API_TOKEN"
-RAW_TYPES = ("image/", "application/octet-stream")
 
 _IMAGE_BODY = {
     "requestBody": {
@@ -99,76 +101,6 @@ _FILES_BODY = {
         },
     }
 }
-
-
-class InputError(HTTPException):
-    """A request whose input cannot be scored; ``status`` 413 or 422 with a specific message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status_code=status, detail=message)
-
-
-class BodyTooLargeError(Exception):
-    """Raised from ``receive`` once a request body grows past the limit (see ``BodyLimit``)."""
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``limit`` bytes, for every endpoint.
-
-    A declared Content-Length over the limit is refused before reading; any other body (chunked
-    uploads have no length) is counted while the app reads it, and reading stops with a 413 as
-    soon as the count passes the limit, so no request holds more than ``limit`` bytes.
-    """
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            detail = f"request body of {int(length)} bytes exceeds the limit of {self.limit} bytes"
-            await self._refuse(detail, scope, receive, send)
-            return
-        started = False
-
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, self._counting(receive), tracked_send)
-        except BodyTooLargeError:
-            if started:  # cannot happen with our endpoints: they read before answering
-                raise
-            detail = f"request body exceeds the limit of {self.limit} bytes"
-            await self._refuse(detail, scope, receive, send)
-
-    def _counting(self, receive: Callable) -> Callable:
-        """``receive`` that raises BodyTooLargeError once the body read so far passes the limit."""
-        received = 0
-
-        async def counting_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLargeError
-            return message
-
-        return counting_receive
-
-    @staticmethod
-    async def _refuse(detail: str, scope: dict, receive: Callable, send: Callable) -> None:
-        """Answer 413 and close: the rest of the body is never read."""
-        response = JSONResponse({"detail": detail}, status_code=413)
-        response.headers["Connection"] = "close"
-        await response(scope, receive, send)
 
 
 def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> FastAPI:
@@ -291,124 +223,6 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
 
         mount_console(app, holder, config, auth, token_set=bool(os.environ.get(TOKEN_ENV)))
     return app
-
-
-# --- request parsing ---------------------------------------------------------------------------
-# Bodies are read whole here: ``BodyLimit`` stops any read past max_request_bytes with a 413.
-
-
-async def _one_image_body(request: Request) -> tuple[bytes, str]:
-    """(bytes, name) of the single image in a raw or multipart body."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise InputError(422, "multipart body has no file field 'file'")
-        return await upload.read(), upload.filename or "file"
-    if content_type and not content_type.startswith(RAW_TYPES):
-        raise InputError(
-            415,
-            f"unsupported content type {content_type!r}: send image bytes (image/*, "
-            "application/octet-stream) or multipart/form-data with a 'file' field",
-        )
-    return await request.body(), "body"
-
-
-async def _many_images(request: Request, max_items: int, what: str) -> list[tuple[bytes, str]]:
-    """(bytes, name) of the multipart ``files`` fields of a batch or clip request, in order."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise InputError(422, f"a {what} is multipart/form-data with one 'files' field per image")
-    form = await request.form(max_files=max_items + 1)
-    uploads = [item for item in form.getlist("files") if not isinstance(item, str)]
-    if not uploads:
-        raise InputError(422, f"empty {what}: send at least one image as multipart field 'files'")
-    if len(uploads) > max_items:
-        raise InputError(413, f"{what} of {len(uploads)} images exceeds the limit of {max_items}")
-    return [
-        (await upload.read(), f"files[{i}] ({upload.filename or 'unnamed'})")
-        for i, upload in enumerate(uploads)
-    ]
-
-
-def _decode_all(
-    blobs: list[tuple[bytes, str]], limits: LimitSettings, model_channels: int
-) -> list[np.ndarray]:
-    """Decode a request's images, with 413/422 answers naming the problem.
-
-    Every header is read first (no pixel decoded yet): an image over ``max_image_side`` or
-    ``max_image_pixels``, or a request whose images sum to more than ``max_request_pixels``,
-    gets 413 before any decoding (decompression bombs cost their header only).
-    """
-    sizes = [_header_size(data, name, limits) for data, name in blobs]
-    total = sum(width * height for width, height in sizes)
-    if total > limits.max_request_pixels:
-        raise InputError(
-            413,
-            f"request of {len(blobs)} image(s) with {total:,} pixels in all exceeds the limit of "
-            f"{limits.max_request_pixels:,} decoded pixels per request",
-        )
-    return [_decode(data, name, limits, model_channels) for data, name in blobs]
-
-
-def _decode(data: bytes, name: str, limits: LimitSettings, model_channels: int) -> np.ndarray:
-    """Image bytes -> decoded array, with 413/422 answers naming the problem.
-
-    ``model_channels``: what the model takes (1 gray, 3 RGB), named when the channel count of
-    the image is one the service cannot convert to it.
-    """
-    from vigil.data.preprocess import ImageDecodeError, ImageTooLargeError, decode_image
-
-    try:
-        image = decode_image(data, name, limits.max_image_pixels)
-    except ImageTooLargeError as error:
-        raise InputError(413, str(error)) from None
-    except ImageDecodeError as error:
-        message = str(error)
-        if "channel count" in message:  # a count decode_image refuses: say what to send
-            message = f"{message}; {_model_takes(model_channels)}"
-        raise InputError(422, message) from None
-    _check_side(image.shape[1], image.shape[0], name, limits.max_image_side)
-    return image
-
-
-def _model_takes(model_channels: int) -> str:
-    """What the model expects, and which images the service converts to it."""
-    kind = "gray" if model_channels == 1 else "RGB"
-    return (
-        f"the model takes {model_channels}-channel ({kind}) images: send 1 (gray), 2 (gray + "
-        "alpha), 3 (color) or 4 (color + alpha) channels; alpha is dropped"
-    )
-
-
-def _header_size(data: bytes, name: str, limits: LimitSettings) -> tuple[int, int]:
-    """(width, height) from the header, refused with 413 over the per-image limits and with
-    422 when no image format is recognized (decompression bombs are never decoded)."""
-    from vigil.data.preprocess import (
-        ImageDecodeError,
-        ImageTooLargeError,
-        check_pixel_budget,
-        image_header_size,
-    )
-
-    if not data:
-        raise InputError(422, f"{name}: empty image (0 bytes)")
-    try:
-        width, height = image_header_size(data, name)
-        check_pixel_budget(width, height, limits.max_image_pixels, name)
-    except ImageDecodeError as error:  # ImageTooLargeError included
-        raise InputError(413 if isinstance(error, ImageTooLargeError) else 422, str(error)) from None
-    _check_side(width, height, name, limits.max_image_side)
-    return width, height
-
-
-def _check_side(width: int, height: int, name: str, max_side: int) -> None:
-    if max(width, height) > max_side:
-        raise InputError(
-            413,
-            f"{name}: image of {width}x{height} exceeds the limit of {max_side} pixels per side",
-        )
 
 
 def _auth_dependency(token: str | None) -> Any:

@@ -14,6 +14,8 @@
   ``server.read_timeout_s`` of opening (or of its previous answer) is closed. uvicorn itself
   only times out idle keep-alive connections (``timeout_keep_alive``), not a client that
   sends half a header and waits.
+- ``BodyLimit`` (ASGI middleware, every path): 413 for a body over ``limits.max_request_bytes``,
+  counted while read (chunked uploads too).
 - ``uvicorn_options(settings)``: the keyword arguments ``vigil serve`` passes to uvicorn.
 """
 
@@ -102,6 +104,69 @@ class RequestLimits:
             return message
 
         return timed_receive
+
+
+class BodyTooLargeError(Exception):
+    """Raised from ``receive`` once a request body grows past the limit (see ``BodyLimit``)."""
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, for every endpoint.
+
+    A declared Content-Length over the limit is refused before reading; any other body (chunked
+    uploads have no length) is counted while the app reads it, and reading stops with a 413 as
+    soon as the count passes the limit, so no request holds more than ``limit`` bytes.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            detail = f"request body of {int(length)} bytes exceeds the limit of {self.limit} bytes"
+            await self._refuse(detail, scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._counting(receive), tracked_send)
+        except BodyTooLargeError:
+            if started:  # cannot happen with our endpoints: they read before answering
+                raise
+            detail = f"request body exceeds the limit of {self.limit} bytes"
+            await self._refuse(detail, scope, receive, send)
+
+    def _counting(self, receive: Callable) -> Callable:
+        """``receive`` that raises BodyTooLargeError once the body read so far passes the limit."""
+        received = 0
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLargeError
+            return message
+
+        return counting_receive
+
+    @staticmethod
+    async def _refuse(detail: str, scope: dict, receive: Callable, send: Callable) -> None:
+        """Answer 413 and close: the rest of the body is never read."""
+        response = JSONResponse({"detail": detail}, status_code=413)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
 
 def header_timeout_protocol(timeout_s: float) -> type:
