@@ -6,8 +6,10 @@ import json
 import multiprocessing
 import os
 import signal
+import sqlite3
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).parent))  # the tiny dataset builders live beside
 from test_sweep_objective import make_images  # noqa: E402 (after the sys.path insert)
 
-SPACE = "image:\n  depth: {choices: [1, 2]}\n  latent_channels: {choices: [2, 8]}\n"
+SPACE = "conv_ae:\n  depth: {choices: [1, 2]}\n  latent_channels: {choices: [2, 8]}\n"
 
 
 def tiny_params(tmp_path: Path, **sweep) -> object:
@@ -39,7 +41,7 @@ def tiny_params(tmp_path: Path, **sweep) -> object:
         {
             "data": {"datasets": {"tinysweep": {"source": "tests", "modality": "image"}}},
             "prepare": {"image": {"size": [16, 16], "channels": 3}},
-            "model": {"image": {"depth": 2, "filters": 4, "latent_channels": 4}},
+            "model": {"conv_ae": {"depth": 2, "filters": 4, "latent_channels": 4}},
             "train": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu"},
             "sweep": {
                 "n_trials": 2,
@@ -104,9 +106,10 @@ def _declared_sweep_outputs(dataset: str) -> list[str]:
 
 
 def test_zero_trials_uses_the_configured_model_and_writes_every_declared_output(tmp_path):
+    make_images(tmp_path / "data" / "prepared" / "tinysweep")  # its family and encoding size
     params = tiny_params(tmp_path, n_trials=0)
     best = run_stage(params, "tinysweep", root=tmp_path)
-    assert best["model"] == params.model.image.model_dump(mode="json")
+    assert best["model"] == params.model.family_config("conv_ae").model_dump(mode="json")
     assert best["trial"] is None
     declared = _declared_sweep_outputs("tinysweep")
     assert {"reports/tinysweep/sweep.png", "reports/tinysweep/pruning.json"} <= set(declared)
@@ -140,24 +143,40 @@ def _ask_and_hang(url: str, name: str) -> None:
     time.sleep(60)
 
 
+def _heartbeats(db: Path) -> int:
+    """How many trials of the SQLite storage ``db`` have recorded a heartbeat."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM trial_heartbeats").fetchone()[0]
+
+
 def test_killed_workers_trial_is_marked_failed_and_the_study_goes_on(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    db = tmp_path / "optuna.db"
+    url = f"sqlite:///{db}"
     study = optuna.create_study(
         storage=open_storage(url, 1, 2), study_name="hb", direction="maximize"
     )
     proc = multiprocessing.get_context("spawn").Process(target=_ask_and_hang, args=(url, "hb"))
     proc.start()
-    deadline = time.time() + 300  # the spawned worker imports torch and mlflow first
-    running: list = []
-    while not running and proc.is_alive() and time.time() < deadline:
+    # kill the worker only once its trial has a heartbeat: before that, Optuna cannot tell a
+    # dead worker's trial from a live one (the spawned worker imports torch and mlflow first)
+    deadline = time.monotonic() + 300
+    while not _heartbeats(db) and proc.is_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
-        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     os.kill(proc.pid, signal.SIGKILL)
-    assert running, "the worker never started its trial"
     proc.join()
-    time.sleep(3)  # > grace period
+    assert _heartbeats(db) == 1, "the worker never recorded its trial's heartbeat"
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert len(running) == 1
+    # the heartbeat goes stale after the grace period (2 s): poll until Optuna says so
     study = optuna.load_study(study_name="hb", storage=open_storage(url, 1, 2))
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # fails stale trials first
+    deadline = time.monotonic() + 60
+    while study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        assert time.monotonic() < deadline, "the dead worker's trial never went stale"
+        time.sleep(0.2)
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, still in 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     states = [t.state for t in study.get_trials()]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
@@ -193,12 +212,12 @@ def test_video_sweep_one_trial(mlflow_store, tmp_path):
 
     make_video(tmp_path / "data" / "prepared" / "tinysweepvid")
     space = tmp_path / "space.yaml"
-    space.write_text("video:\n  hidden_channels: {choices: [4, 8]}\n")
+    space.write_text("convlstm:\n  hidden_channels: {choices: [4, 8]}\n")
     params = parse_params(
         {
             "data": {"datasets": {"tinysweepvid": {"source": "tests", "modality": "video"}}},
             "prepare": {"video": {"size": [16, 16], "channels": 1, "clip_len": 4}},
-            "model": {"video": {"encoder_depth": 1, "filters": 4, "hidden_channels": 4}},
+            "model": {"convlstm": {"encoder_depth": 1, "filters": 4, "hidden_channels": 4}},
             "train": {"max_epochs": 1, "batch_size": 4, "accelerator": "cpu"},
             "sweep": {
                 "n_trials": 1,
@@ -225,3 +244,37 @@ def test_cli_registers_the_sweep_subcommand():
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sweep", "--dataset", "capsules", "--workers", "2"])
     assert args.handler is run and args.workers == 2 and args.dataset == "capsules"
+
+
+def test_same_params_give_the_same_trials_and_choice_in_any_storage(mlflow_store, tmp_path, caplog):
+    """Two fresh storages (two clones): `n_trials=4` straight away in one; `n_trials=2`, then
+    `n_trials=4` (resumed: 2 more) in the other. Same trials, same choice; and `n_trials=2` on
+    the 4-trial study reuses its first 2 and chooses among them only."""
+    import logging
+
+    make_images(tmp_path / "data" / "prepared" / "tinysweep")
+    data = tmp_path / "data" / "prepared" / "tinysweep"
+
+    def sweep(store: str, n_trials: int):
+        params = tiny_params(tmp_path, n_trials=n_trials, sampler="tpe",
+                             storage=f"sqlite:///{tmp_path / store}")
+        return run_sweep(params, data, tmp_path / "reports" / store)
+
+    caplog.set_level(logging.INFO, logger="vigil.sweep")
+    straight = sweep("a.db", 4)
+    first = sweep("b.db", 2)
+    resumed = sweep("b.db", 4)
+    assert "2 finished, running 2 more" in caplog.text
+    drawn = [[r["params"] for r in result.rows] for result in (straight, resumed)]
+    assert drawn[0] == drawn[1] and len(drawn[0]) == 4
+    assert resumed.model == straight.model and resumed.trial == straight.trial
+    assert straight.study == resumed.study  # n_trials is not part of the study's identity
+
+    caplog.clear()
+    again = sweep("a.db", 2)  # the first 2 of the 4 trials it holds: the choice of a 2-trial run
+    assert "reusing its first 2 trials" in caplog.text
+    assert again.model == first.model and again.trial == first.trial
+    assert [r["trial"] for r in again.rows] == [0, 1]
+    storage = open_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    study = optuna.load_study(study_name=straight.study, storage=storage)
+    assert study.metric_names == ["anomaly_to_total_error_ratio"] and len(study.trials) == 4
