@@ -90,6 +90,9 @@ def sweep_figure(
         bottom.set_ylabel("mean error (tune split)")
         bottom.set_xlabel("encoding size (C x H' x W', log)")
         bottom.set_xscale("log")
+        bottom.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        bottom.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        bottom.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if best is not None:
             _mark_chosen(top, bottom, best)
         for ax in (top, bottom):
@@ -121,7 +124,7 @@ def _mark_chosen(top, bottom, best: dict[str, Any]) -> None:
     top.scatter([size], [best["ratio"]], s=260, marker="*", color="gold", edgecolors="k",
                 label=f"chosen: trial {best['trial']}", zorder=4)
     top.annotate(f"trial {best['trial']}: {best['encoding_shape']} = {size}", (size, best["ratio"]),
-                 textcoords="offset points", xytext=(8, 8), fontsize=8)
+                 textcoords="offset points", xytext=(-10, -4), ha="right", va="top", fontsize=8)
     for key in ("total_error", "anomaly_error"):
         bottom.scatter([size], [best[key]], s=200, marker="*", color="gold", edgecolors="k",
                        zorder=4)
