@@ -100,6 +100,13 @@ class VideoSource:
     labels_csv: Path
 
 
+def origin_of(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, posix, as valid UTF-8: bytes of a file name that are not
+    UTF-8 (lone surrogates in Python) are written ``\\xNN``, so manifests and messages never
+    carry lone surrogates; the file itself is still read by its real ``path``."""
+    return os.fsencode(path.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")
+
+
 def natural_key(path: Path) -> list:
     """Sort key that orders ``2.jpg`` before ``10.jpg``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
@@ -130,7 +137,7 @@ def _list_files(
         if path.suffix.lower() in extensions:
             files.append(path)
         elif path.name != "fps.txt":
-            ignored.append(path.relative_to(root).as_posix())
+            ignored.append(origin_of(path, root))
     return files, ignored
 
 
@@ -159,7 +166,7 @@ def scan_images(root: Path | str, extra_dir: Path | None = None) -> ImageSource:
     if not files:
         raise IngestError(f"{train_good}: empty folder (no {'/'.join(IMAGE_EXTENSIONS)} images)")
     records += [
-        ImageRecord(p, p.relative_to(root).as_posix(), "train", 0, GOOD, None) for p in files
+        ImageRecord(p, origin_of(p, root), "train", 0, GOOD, None) for p in files
     ]
     defect_dirs = sorted(p for p in _entries(test_dir) if p.is_dir() and not p.name.startswith("."))
     if not defect_dirs:
@@ -177,7 +184,7 @@ def scan_images(root: Path | str, extra_dir: Path | None = None) -> ImageSource:
                 candidate = root / "ground_truth" / defect / f"{path.stem}_mask.png"
                 mask = candidate if candidate.is_file() else None
             records.append(
-                ImageRecord(path, path.relative_to(root).as_posix(), "test", label, defect, mask)
+                ImageRecord(path, origin_of(path, root), "test", label, defect, mask)
             )
     if extra_dir is not None and extra_dir.is_dir():
         extra_files, skipped = _list_files(extra_dir, IMAGE_EXTENSIONS, extra_dir)
@@ -220,7 +227,7 @@ def _scan_clip_folder(
                 clip=path.stem,
                 part=part,
                 path=path,
-                origin=path.relative_to(root).as_posix(),
+                origin=origin_of(path, root),
                 frames=(),
                 source_fps=fps,
             )
@@ -238,7 +245,7 @@ def _scan_clip_folder(
                     clip=clip_dir.name,
                     part=part,
                     path=clip_dir,
-                    origin=clip_dir.relative_to(root).as_posix(),
+                    origin=origin_of(clip_dir, root),
                     frames=tuple(files),
                     source_fps=read_folder_fps(clip_dir, root),
                 )

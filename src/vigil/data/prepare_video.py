@@ -22,6 +22,7 @@ from vigil.data.ingest import (
     FrameLabel,
     VideoSource,
     mask_path,
+    origin_of,
     scan_video,
 )
 from vigil.data.prepare_items import (
@@ -78,7 +79,7 @@ class _FrameRef:
 def _clip_frames(clip: ClipRecord, target_fps: float | None, root: Path) -> list[_FrameRef]:
     kept = resample_indices(len(clip.frames), clip.source_fps, target_fps)
     return [
-        _FrameRef(clip, i + 1, clip.frames[i], clip.frames[i].relative_to(root).as_posix())
+        _FrameRef(clip, i + 1, clip.frames[i], origin_of(clip.frames[i], root))
         for i in kept
     ]
 
@@ -144,7 +145,7 @@ def _reference_frame(
                         return loaded.frame, f"{clip.origin}#{index_1based}"
             else:
                 for path in clip.frames:
-                    origin = path.relative_to(root).as_posix()
+                    origin = origin_of(path, root)
                     loaded = load_file(path, origin, None, prep, None)
                     if loaded.error is None:
                         return loaded.frame, origin
@@ -246,7 +247,7 @@ def _write_clip(
         if clip.is_file:
             origin = clip.origin
         else:
-            origin = clip.frames[index_1based - 1].relative_to(root).as_posix()
+            origin = origin_of(clip.frames[index_1based - 1], root)
         if loaded.error is not None:
             bad.add(f"{origin}#{index_1based}" if clip.is_file else origin, loaded.error)
             continue

@@ -86,3 +86,15 @@ def test_symlink_loops_in_a_source_folder_are_named_in_a_warning(tmp_path, caplo
     assert f"{good / 'loop-a.png'}: symbolic link loop" in caplog.text
     assert f"{good / 'loop-b.png'}: symbolic link loop" in caplog.text
     assert f"{root / 'test' / 'self'}: symbolic link loop" in caplog.text
+
+
+def test_non_utf8_source_names_never_put_lone_surrogates_in_the_manifest(tmp_path):
+    root = _mvtec(tmp_path / "ds", n_train=10)
+    good = root / "train" / "good"
+    odd = good / os.fsdecode(b"part-\xff.png")
+    (good / "000.png").rename(odd)
+    cfg = PrepareConfig.model_validate({"image": {"size": [16, 16]}})
+    prepare_dataset("p", IMAGE_SPEC, cfg, tmp_path / "out", base_dir=tmp_path, progress=False)
+    text = next((tmp_path / "out").glob("manifest*.json")).read_text(encoding="utf-8")
+    assert "\\udc" not in text  # JSON escapes of lone surrogates
+    assert "train/good/part-\\\\xff.png" in text
