@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from vigil.config import ImageModelConfig, ImagePrep, VideoModelConfig
+from vigil.config import ImagePrep, VideoPrep
 from vigil.data.prepared import PreparedDataset, write_prepared
-from vigil.models import ConvAutoencoder, FramePredictor
+from vigil.models.conv_ae.config import ConvAEConfig
+from vigil.models.conv_ae.network import ConvAutoencoder
+from vigil.models.convlstm.config import ConvLSTMConfig
+from vigil.models.convlstm.network import FramePredictor
 from vigil.sweep.objective import (
     INFEASIBLE_OBJECTIVE,
     NoAnomaliesError,
@@ -50,6 +53,7 @@ def make_images(root: Path, anomalies: bool = True, seed: int = 0) -> Path:
         "modality": "image",
         "source": "tests",
         "content_hash": hashlib.sha256(frames.tobytes()).hexdigest(),
+        "params": {"prep": ImagePrep(size=(SIZE, SIZE)).model_dump(mode="json")},
         "items": items,
     }
     return write_prepared(root, frames, masks, manifest)
@@ -88,6 +92,7 @@ def make_video(root: Path, anomalies: bool = True) -> Path:
         "modality": "video",
         "source": "tests",
         "content_hash": hashlib.sha256(frames_a.tobytes()).hexdigest(),
+        "params": {"prep": VideoPrep(size=(SIZE, SIZE), channels=1).model_dump(mode="json")},
         "items": items,
     }
     return write_prepared(root, frames_a, np.stack(masks), manifest)
@@ -96,8 +101,8 @@ def make_video(root: Path, anomalies: bool = True) -> Path:
 def test_image_ratio_matches_a_direct_computation(tmp_path):
     data = PreparedDataset.load(make_images(tmp_path / "img"))
     torch.manual_seed(0)
-    model = ConvAutoencoder(3, ImageModelConfig(depth=2, filters=4, latent_channels=2)).eval()
-    errors = tune_errors(model, data, ImagePrep(size=(SIZE, SIZE)), max_normal_error=10.0)
+    model = ConvAutoencoder(3, ConvAEConfig(depth=2, filters=4, latent_channels=2)).eval()
+    errors = tune_errors(model, data, "conv_ae", max_normal_error=10.0)
     rows = data.indices("tune")
     x = torch.from_numpy(np.asarray(data.frames[rows])).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
@@ -113,8 +118,8 @@ def test_image_ratio_matches_a_direct_computation(tmp_path):
 
 def test_normal_error_cap_marks_the_trial_infeasible(tmp_path):
     data = PreparedDataset.load(make_images(tmp_path / "img"))
-    model = ConvAutoencoder(3, ImageModelConfig(depth=2, filters=4, latent_channels=2))
-    errors = tune_errors(model, data, ImagePrep(size=(SIZE, SIZE)), max_normal_error=1e-9)
+    model = ConvAutoencoder(3, ConvAEConfig(depth=2, filters=4, latent_channels=2))
+    errors = tune_errors(model, data, "conv_ae", max_normal_error=1e-9)
     assert not errors.feasible
     assert errors.objective == INFEASIBLE_OBJECTIVE
     assert errors.ratio > 0  # still reported
@@ -122,8 +127,8 @@ def test_normal_error_cap_marks_the_trial_infeasible(tmp_path):
 
 def test_video_ratio_uses_anomalous_frames(tmp_path):
     data = PreparedDataset.load(make_video(tmp_path / "vid"))
-    model = FramePredictor(1, VideoModelConfig(encoder_depth=1, filters=4, hidden_channels=4))
-    errors = tune_errors(model, data, ImagePrep(size=(SIZE, SIZE), channels=1), 10.0)
+    model = FramePredictor(1, ConvLSTMConfig(encoder_depth=1, filters=4, hidden_channels=4))
+    errors = tune_errors(model, data, "convlstm", 10.0)
     assert errors.ratio == pytest.approx(errors.anomaly_error / errors.total_error)
     assert errors.anomaly_error > errors.normal_error > 0
 

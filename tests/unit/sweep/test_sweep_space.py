@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from vigil.config import ModelConfig
+from vigil.models.conv_ae.config import ConvAEConfig
 from vigil.sweep.space import SearchSpaceError, grid, load_space, model_config, parse_space, suggest
 
 REPO = Path(__file__).resolve().parents[3]
@@ -15,31 +16,33 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_shipped_space_is_valid():
     space = load_space(REPO / "configs" / "search_space.yaml")
-    assert set(space.knobs("image")) == {"depth", "filters", "latent_channels"}
-    assert set(space.knobs("video")) == {"encoder_depth", "filters", "hidden_channels"}
+    assert set(space.knobs("conv_ae")) == {"depth", "filters", "latent_channels"}
+    assert set(space.knobs("convlstm")) == {"encoder_depth", "filters", "hidden_channels"}
 
 
 def test_log_range_grid_and_choices():
     space = parse_space(
         {
-            "image": {
+            "conv_ae": {
                 "depth": {"choices": [2, 3]},
                 "latent_channels": {"low": 4, "high": 20, "log": True},
             }
         }
     )
-    assert grid(space.knobs("image")) == {"depth": [2, 3], "latent_channels": [4, 8, 16, 20]}
+    assert grid(space.knobs("conv_ae")) == {"depth": [2, 3], "latent_channels": [4, 8, 16, 20]}
 
 
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
         (None, "empty"),
-        ({"image": {"depht": {"choices": [2]}}}, "depht"),
-        ({"image": {"depth": {"choices": []}}}, "image.depth"),
-        ({"image": {"latent_channels": {"low": 8, "high": 4}}}, "image.latent_channels"),
-        ({"image": {"depth": {"choices": [2]}}, "audio": {}}, "audio"),
-        ({"video": {"filters": {"low": 4, "high": 8, "lg": True}}}, "video.filters"),
+        ({"conv_ae": {"depht": {"choices": [2]}}}, "depht"),
+        ({"conv_ae": {"depth": {"choices": []}}}, "conv_ae.depth"),
+        ({"conv_ae": {"latent_channels": {"low": 8, "high": 4}}}, "conv_ae.latent_channels"),
+        ({"conv_ae": {"depth": {"choices": [2]}}, "audio": {}}, "audio"),
+        ({"image": {"depth": {"choices": [2]}}}, "unknown key or model family 'image'"),
+        ({"conv_ae": {"batch_norm": {"choices": [0, 1]}}}, "cannot search batch_norm"),
+        ({"convlstm": {"filters": {"low": 4, "high": 8, "lg": True}}}, "convlstm.filters"),
     ],
 )
 def test_invalid_space_names_the_key(raw, needle):
@@ -49,11 +52,11 @@ def test_invalid_space_names_the_key(raw, needle):
     assert "space.yaml" in str(info.value)
 
 
-def test_missing_modality_is_a_clear_error(tmp_path):
+def test_missing_family_is_a_clear_error(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("image:\n  depth: {choices: [2, 3]}\n")
-    with pytest.raises(SearchSpaceError, match="no knobs for the 'video' model"):
-        load_space(path).knobs("video")
+    path.write_text("conv_ae:\n  depth: {choices: [2, 3]}\n")
+    with pytest.raises(SearchSpaceError, match="no knobs for the 'convlstm' model family"):
+        load_space(path).knobs("convlstm")
     with pytest.raises(SearchSpaceError, match="not found"):
         load_space(tmp_path / "absent.yaml")
 
@@ -61,7 +64,7 @@ def test_missing_modality_is_a_clear_error(tmp_path):
 def test_suggest_feeds_a_valid_model_config():
     space = parse_space(
         {
-            "image": {
+            "conv_ae": {
                 "depth": {"choices": [2, 3]},
                 "latent_channels": {"low": 4, "high": 32, "log": True},
             }
@@ -69,7 +72,9 @@ def test_suggest_feeds_a_valid_model_config():
     )
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     trial = study.ask()
-    values = suggest(trial, space.knobs("image"))
-    cfg = model_config(ModelConfig(), "image", values)
+    values = suggest(trial, space.knobs("conv_ae"))
+    base = ModelConfig.model_validate({"conv_ae": {"filters": 8, "skip": True}})
+    cfg = model_config(base, "conv_ae", values)
+    assert type(cfg) is ConvAEConfig
     assert cfg.depth in (2, 3) and 4 <= cfg.latent_channels <= 32
-    assert cfg.filters == ModelConfig().image.filters  # not searched: params.yaml value kept
+    assert cfg.filters == 8 and cfg.skip  # not searched: params.yaml value kept
