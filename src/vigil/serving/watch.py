@@ -5,8 +5,9 @@ model's rate (``vigil.data.video.FrameResampler``), and pushed through one ``Fra
 carries the ConvLSTM state frame to frame and smooths the score with a moving average (image
 models score each frame on its own). An alert fires when the smoothed score stays above the
 model's threshold for ``alert_frames`` frames in a row: a log line plus a JSON event on stdout
-and, optionally, a POST to a webhook. An optional side-by-side video shows input | prediction |
-heat map over a strip with the score timeline and the threshold.
+and, optionally, a POST to a webhook. An optional side-by-side video
+(``vigil.serving.sidebyside``) shows the frame number, score, threshold and an alarm banner over
+input | prediction | heat-map overlay over a strip with the score timeline and the threshold.
 
 Score log (opt-in, for the retrain drift trigger): ``vigil watch --score-log PATH`` (or
 ``score_log: PATH`` in configs/serving.yaml) appends one JSON line per scored frame, with its
@@ -25,26 +26,24 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import cv2
-import numpy as np
 
 from vigil.data.video import DecodedFrame, FrameResampler, read_folder_fps, read_video
 from vigil.scheduling.scorelog import ScoreLog, score_line
 from vigil.serving import WatchSettings
 from vigil.detector import ItemScore
 from vigil.serving.loader import FrameStream, Scorer
+from vigil.serving.sidebyside import SideBySideWriter
+from vigil.serving.sidebyside import bgr as _bgr
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-PANEL = 192  # output video panel height and width in pixels
-STRIP = 64  # output video timeline strip height
 
 
 class SourceError(ValueError):
@@ -184,6 +183,11 @@ class AlertTracker:
         self._run = 0
         self._active: dict[str, Any] | None = None
 
+    @property
+    def active(self) -> bool:
+        """An alert has started and not ended yet."""
+        return self._active is not None
+
     def update(self, frame: int, timestamp: float, score: float) -> dict[str, Any] | None:
         if score >= self.threshold:
             self._run += 1
@@ -259,66 +263,6 @@ class EventSink:
             self._client.close()
 
 
-# --- output video --------------------------------------------------------------------------------
-
-
-class SideBySideWriter:
-    """input | prediction | heat map, over a score timeline strip, into an mp4/avi file."""
-
-    def __init__(self, path: Path, fps: float, threshold: float, timeline_frames: int) -> None:
-        self.path = path
-        self.threshold = threshold
-        self.history: deque[float] = deque(maxlen=timeline_frames)
-        size = (3 * PANEL, PANEL + STRIP)
-        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        self.writer = cv2.VideoWriter(str(self.tmp), fourcc, max(fps, 1.0), size)
-        if not self.writer.isOpened():
-            raise SourceError(f"{path}: cannot open a video writer for this file type")
-
-    def write(
-        self, frame: np.ndarray, prediction: np.ndarray | None, heatmap: np.ndarray, score: float
-    ) -> None:
-        """``frame``/``prediction`` uint8 (h, w, C) RGB or gray; ``heatmap`` BGR (h, w, 3)."""
-        self.history.append(score)
-        panels = [
-            _panel(_bgr(frame)),
-            _panel(_bgr(prediction) if prediction is not None else np.zeros_like(heatmap)),
-            _panel(heatmap),
-        ]
-        top = np.hstack(panels)
-        self.writer.write(np.vstack([top, self._strip(top.shape[1])]))
-
-    def _strip(self, width: int) -> np.ndarray:
-        strip = np.full((STRIP, width, 3), 24, dtype=np.uint8)
-        values = np.nan_to_num(np.asarray(self.history, dtype=np.float64))  # NaN: no score yet
-        top = max(float(values.max()), 2.0 * self.threshold, 1e-12)
-        y_thr = int(STRIP - 1 - (STRIP - 2) * self.threshold / top)
-        cv2.line(strip, (0, y_thr), (width - 1, y_thr), (0, 0, 255), 1)
-        xs = np.linspace(0, width - 1, self.history.maxlen)[: len(values)]
-        ys = STRIP - 1 - (STRIP - 2) * values / top
-        points = np.stack([xs, ys], axis=1).astype(np.int32)
-        cv2.polylines(strip, [points], False, (0, 255, 0), 1)
-        return strip
-
-    def close(self) -> None:
-        self.writer.release()
-        self.tmp.replace(self.path)
-
-
-def _bgr(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2 or image.shape[2] == 1:
-        return cv2.cvtColor(
-            np.ascontiguousarray(image.reshape(image.shape[:2])), cv2.COLOR_GRAY2BGR
-        )
-    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-
-
-def _panel(image: np.ndarray) -> np.ndarray:
-    return cv2.resize(image, (PANEL, PANEL), interpolation=cv2.INTER_NEAREST)
-
-
 # --- the loop -------------------------------------------------------------------------------------
 
 
@@ -392,7 +336,13 @@ def watch(
                         settings.timeline_frames,
                     )
                 writer.write(
-                    stream.last_frame, stream.last_prediction, result.overlay, result.score
+                    stream.last_frame,
+                    stream.last_prediction,
+                    result.overlay,
+                    result.score,
+                    index=decoded.index,
+                    flagged=bool(result.is_anomaly),
+                    alarm=alerts.active,
                 )
             if on_frame is not None:
                 on_frame(decoded.index, result)

@@ -65,7 +65,7 @@ def test_watch_resamples_writes_side_by_side_video_and_alerts(video_scorer, tmp_
     capture = cv2.VideoCapture(str(tmp_path / "out.avi"))
     ok, frame = capture.read()
     capture.release()
-    assert ok and frame.shape == (192 + 64, 3 * 192, 3)
+    assert ok and frame.shape == (32 + 192 + 64, 3 * 192, 3)  # header, panels, timeline
 
 
 def test_watch_keeps_every_frame_when_asked(image_scorer, tmp_path):
