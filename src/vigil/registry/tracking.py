@@ -26,6 +26,10 @@ from vigil.config import artifact_root, project_root, tracking_uri
 #: URI schemes of tracking servers, which choose artifact locations themselves.
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 ARTIFACT_DIR = "mlartifacts"
+#: The MLflow 3 UI opens an experiment by its kind: untagged ones open on the GenAI "Traces"
+#: page; ``custom_model_development`` opens on the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingError(RuntimeError):
@@ -73,13 +77,20 @@ def experiment_artifact_location(uri: str) -> str | None:
 
 def ensure_experiment(name: str, uri: str | None = None) -> str:
     """The id of experiment ``name``; created with an absolute artifact location unless the
-    store is a server (see ``experiment_artifact_location``)."""
+    store is a server (see ``experiment_artifact_location``), and tagged as a model-training
+    experiment (``EXPERIMENT_KIND``), also when an older vigil created it untagged."""
     uri = uri or tracking_uri()
     client = connect(uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=experiment_artifact_location(uri))
+    return client.create_experiment(
+        name,
+        artifact_location=experiment_artifact_location(uri),
+        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+    )
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

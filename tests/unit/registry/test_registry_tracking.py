@@ -49,3 +49,17 @@ def test_experiment_under_a_sqlite_uri_gets_an_absolute_location(mlflow_store, t
     location = mlflow.MlflowClient().get_experiment(experiment_id).artifact_location
     assert _path(location) == tmp_path / "mlartifacts"  # beside tmp_path/mlflow.db
     assert ensure_experiment("vigil-tracking-test") == experiment_id  # found, not recreated
+
+
+def test_experiments_are_tagged_so_the_mlflow_ui_opens_on_training_runs(mlflow_store):
+    """MLflow 3 opens an experiment without ``mlflow.experimentKind`` on its GenAI "Traces"
+    page: vigil's experiments say they hold model training, also ones an older vigil made."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    new = ensure_experiment("vigil-kind-new")
+    old = client.create_experiment("vigil-kind-old")  # as created before this tag existed
+    assert ensure_experiment("vigil-kind-old") == old
+    for experiment_id in (new, old):
+        tags = client.get_experiment(experiment_id).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
