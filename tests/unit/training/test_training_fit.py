@@ -10,8 +10,9 @@ import pytest
 import pytorch_lightning as pl
 from conftest import tiny_params
 
-from vigil.config import ImageModelConfig
-from vigil.models import ImageTooSmallError, load_trained
+from vigil.models.blocks import ImageTooSmallError
+from vigil.models.conv_ae.config import ConvAEConfig
+from vigil.models.spec import load_trained
 from vigil.models.lightning import NonFiniteLossError
 from vigil.registry.tracking import TrackingError
 from vigil.training import fit
@@ -33,7 +34,8 @@ def test_one_epoch_image_training_logs_a_complete_run(mlflow_store, image_datase
     assert result.epochs == 1 and result.objective > 0
     assert recorder.seen == [pytest.approx(result.objective)]
     model, spec = load_trained(tmp_path / "models" / "tiny")
-    assert spec == result.spec and spec["modality"] == "image"
+    assert spec == result.spec and spec["modality"] == "image" and spec["family"] == "conv_ae"
+    assert spec["prep"]["size"] == [32, 32]  # the prepared manifest's prep, not params'
     assert result.weights == tmp_path / "models" / "tiny" / "weights.safetensors"
 
     client = mlflow.MlflowClient()
@@ -41,7 +43,8 @@ def test_one_epoch_image_training_logs_a_complete_run(mlflow_store, image_datase
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == "vigil-tiny"
     params = run.data.params
-    assert params["model.image.depth"] == "2" and params["train.lr"] == "0.001"
+    assert params["model.family"] == "conv_ae" and params["model.conv_ae.depth"] == "2"
+    assert params["train.lr"] == "0.002"
     assert params["data.dataset"] == "tiny" and params["prepare.image.normalize"] == "unit"
     metrics = run.data.metrics
     for name in ("train_loss", "val_loss", "n_params", "encoding_size", "wall_time_s",
@@ -70,7 +73,8 @@ def test_video_training_with_model_override_nested_under_a_parent(
     run = mlflow.MlflowClient().get_run(result.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.info.run_name == "trial-0"
-    assert run.data.params["model.video.encoder_depth"] == "1"
+    assert run.data.params["model.family"] == "convlstm"
+    assert run.data.params["model.convlstm.encoder_depth"] == "1"
     assert run.data.metrics["encoding_size"] == 4 * 16 * 16  # ConvLSTM state at 32/2
     assert not mlflow.MlflowClient().list_artifacts(result.run_id, "images")
     model, spec = load_trained(tmp_path / "trial0")
@@ -116,7 +120,7 @@ def test_resume_continues_an_interrupted_run(mlflow_store, image_dataset, tmp_pa
     history = client.get_metric_history(second.run_id, "train_loss")
     assert [m.step for m in history] == [1]  # epoch 0 was not trained again
     # other settings: starts over instead of resuming an incompatible checkpoint
-    third = fit(tiny_params(lr=0.002), image_dataset, out, log_model_images=False)
+    third = fit(tiny_params(lr=0.001), image_dataset, out, log_model_images=False)
     assert third.epochs == 1
     assert "vigil.resumed_from" not in client.get_run(third.run_id).data.tags
 
@@ -159,7 +163,7 @@ def test_diverging_loss_fails_the_run_and_writes_no_weights(mlflow_store, image_
 def test_image_too_small_for_depth_names_both_numbers(mlflow_store, image_dataset, tmp_path):
     with pytest.raises(ImageTooSmallError, match="image 32x32 is too small for depth 6: needs at least 64x64"):
         fit(tiny_params(), image_dataset, tmp_path / "out",
-            model_cfg=ImageModelConfig(depth=6, filters=2, latent_channels=2))
+            model_cfg=ConvAEConfig(depth=6, filters=2, latent_channels=2))
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
