@@ -222,6 +222,9 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         from vigil.serving.console import mount_console
 
         mount_console(app, holder, config, auth, token_set=bool(os.environ.get(TOKEN_ENV)))
+    from vigil.serving.webhook import webhook_router  # POST /webhooks/mlflow: push following
+
+    app.include_router(webhook_router())
     return app
 
 

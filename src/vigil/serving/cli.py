@@ -194,6 +194,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         follower.poll_once()  # sets readiness now; a newer version found here is swapped in
         follower.start()
+        app.state.follower = follower  # registry webhooks wake it (vigil.serving.webhook)
     try:
         uvicorn.run(
             app,

@@ -81,6 +81,7 @@ class AliasFollower:
         self.max_concurrent = max_concurrent
         self._refused: dict[str, str] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by poll_now: check before the interval is up
         self._thread: threading.Thread | None = None
 
     def start(self) -> AliasFollower:
@@ -90,11 +91,21 @@ class AliasFollower:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def poll_now(self) -> None:
+        """Check the alias at once on the follower's thread (a registry webhook said it moved),
+        without waiting for the poll interval; polling stays the fallback. Returns at once."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             self.poll_once()
 
     def poll_once(self) -> str | None:
