@@ -222,6 +222,15 @@ def _nested_errors(prefix: str, error: ValidationError) -> str:
         key = ".".join([prefix, *(str(p) for p in item["loc"])])
         if item["type"] == "extra_forbidden":
             parts.append(f"{key}: unknown key (typo?)")
+        elif not item["loc"] and item["type"] == "value_error":
+            # a section's own check (e.g. ModelConfig's family sections) already names its keys
+            # from the section down ("model.conv_ae.dept: ..."): prefix them, no input dump
+            message = item["msg"].removeprefix("Value error, ")
+            section = prefix.rsplit(".", 1)[-1]
+            if message.startswith(f"{section}."):
+                parts.append(prefix + message[len(section):])
+            else:
+                parts.append(f"{prefix}: {message}")
         else:
             parts.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(parts)
