@@ -24,10 +24,13 @@ def _file_mode() -> int:
 _MODE = _file_mode()
 
 
-def atomic_write(path: Path | str, write: Callable[[Path], Any], suffix: str = ".tmp") -> Path:
+def atomic_write(
+    path: Path | str, write: Callable[[Path], Any], suffix: str = ".tmp", mode: int | None = None
+) -> Path:
     """Call ``write(tmp_path)``, then rename the temp file over ``path``; returns ``path``.
 
     ``suffix`` lets writers that pick a format from the extension (``savefig``, ``cv2``) see it.
+    ``mode``: the file's permissions (e.g. 0o600 for owner-only), set before it appears.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +39,7 @@ def atomic_write(path: Path | str, write: Callable[[Path], Any], suffix: str = "
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, _MODE)
+        os.chmod(tmp, _MODE if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -55,6 +55,8 @@ def _ingest(args: argparse.Namespace) -> int:
         )
         for item, reason in report.quarantined.items():
             print(f"  quarantined {item}: {reason}")
+        for item in report.waiting:
+            print(f"  waiting {item}: still being written, left for the next cycle")
     return 0
 
 

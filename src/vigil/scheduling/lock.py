@@ -6,6 +6,13 @@ process dies), so two contenders never both see the lock free. The owner file ou
 it is *stale*, and broken with a warning, when its holder is a dead process on this host, or
 when it is older than ``stale_after_s`` and its holder is on another host (we cannot check
 there). A live holder on this host is never broken, however old: the message says who it is.
+
+Process groups: the holder records the process group of each pipeline it starts
+(``note_process_group``: ``dvc repro`` runs in its own group, see ``vigil.scheduling.repro``).
+A holder that died (``kill -9``) may leave that pipeline running; the lock then stays taken
+while any recorded group is alive (a second cycle never starts beside it: ``--wait`` waits for
+it), and once the lock is older than ``stale_after_s`` the orphaned groups are ended (SIGTERM,
+then SIGKILL) before the lock is broken.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import Self
 
 from filelock import FileLock
 
+from vigil.scheduling.procgroup import end_group, group_alive
+
 log = logging.getLogger(__name__)
 
 
@@ -34,10 +43,21 @@ class LockOwner:
     pid: int
     host: str
     since: float  # unix time the lock was taken
+    groups: tuple[int, ...] = ()  # process groups of the pipelines it started (pgids)
 
     def describe(self) -> str:
         when = datetime.fromtimestamp(self.since, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return f"pid {self.pid} on {self.host} since {when}"
+        text = f"pid {self.pid} on {self.host} since {when}"
+        orphans = self.live_groups() if self.host == socket.gethostname() else []
+        if orphans and not _pid_alive(self.pid):
+            text += (
+                f"; that process is gone but its pipeline (process group "
+                f"{', '.join(map(str, orphans))}) is still running"
+            )
+        return text
+
+    def live_groups(self) -> list[int]:
+        return [g for g in self.groups if group_alive(g)]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -54,7 +74,12 @@ def read_owner(path: Path) -> LockOwner | None:
     """The owner recorded in ``path``; None when free. An unreadable file counts as stale owner."""
     try:
         data = json.loads(path.read_text())
-        return LockOwner(pid=int(data["pid"]), host=str(data["host"]), since=float(data["since"]))
+        return LockOwner(
+            pid=int(data["pid"]),
+            host=str(data["host"]),
+            since=float(data["since"]),
+            groups=tuple(int(g) for g in data.get("groups", [])),
+        )
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, OSError):
@@ -62,12 +87,34 @@ def read_owner(path: Path) -> LockOwner | None:
 
 
 def is_stale(owner: LockOwner, stale_after_s: float, now: float | None = None) -> bool:
+    """Whether the lock may be broken: garbage, a dead holder on this host whose pipeline
+    groups are gone too (or, older than ``stale_after_s``, can be ended: the caller ends them),
+    or a holder on another host older than ``stale_after_s``."""
     now = time.time() if now is None else now
     if owner.pid < 0:
         return True
     if owner.host == socket.gethostname():
-        return not _pid_alive(owner.pid)
+        if _pid_alive(owner.pid):
+            return False
+        return not owner.live_groups() or now - owner.since > stale_after_s
     return now - owner.since > stale_after_s
+
+
+# The lock this process holds (one cycle at a time per process), for ``note_process_group``.
+_held: RetrainLock | None = None
+
+
+def note_process_group(pgid: int) -> None:
+    """Record ``pgid`` in the lock this process holds (no-op without one): a pipeline started
+    in its own process group, which outlives this process if it is killed."""
+    if _held is not None:
+        _held.update_groups(add=pgid)
+
+
+def forget_process_group(pgid: int) -> None:
+    """The group ``pgid`` has ended: drop it from the lock this process holds."""
+    if _held is not None:
+        _held.update_groups(remove=pgid)
 
 
 class RetrainLock:
@@ -102,11 +149,29 @@ class RetrainLock:
                 log.warning(
                     "breaking stale retrain lock %s held by %s", self.path, owner.describe()
                 )
-            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(me))
-            os.replace(tmp, self.path)
+                for group in owner.live_groups() if owner.host == socket.gethostname() else []:
+                    log.warning("ending process group %d left by the dead holder", group)
+                    if not end_group(group):
+                        return owner  # still there: not free yet
+            self._write({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
             return None
+
+    def _write(self, owner: dict) -> None:
+        tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(owner))
+        os.replace(tmp, self.path)
+
+    def update_groups(self, add: int | None = None, remove: int | None = None) -> None:
+        """Add or remove a process group in the owner file (only while this process owns it)."""
+        with self._guard:
+            data = json.loads(self.path.read_text())
+            if data.get("pid") != os.getpid():
+                return
+            groups = [g for g in data.get("groups", []) if g != remove]
+            if add is not None and add not in groups:
+                groups.append(add)
+            data["groups"] = groups
+            self._write(data)
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +179,8 @@ class RetrainLock:
         while True:
             owner = self._try_take()
             if owner is None:
-                self._held = True
+                global _held
+                self._held, _held = True, self
                 return
             if time.monotonic() >= deadline:
                 raise LockBusyError(
@@ -135,7 +201,10 @@ class RetrainLock:
                 and owner.host == socket.gethostname()
             ):
                 self.path.unlink(missing_ok=True)
+        global _held
         self._held = False
+        if _held is self:
+            _held = None
 
     def __enter__(self) -> Self:
         self.acquire()

@@ -15,44 +15,69 @@ With nothing to do (no trigger, nothing quarantined) it writes nothing and says 
 any step is caught, named in the record (``error.step``) and leaves data, DVC state and registry
 as the failing tool left them, which each keeps consistent on its own: ingest rolls back, DVC
 only records stages that finished, and the register stage moves the alias last.
+
+``dvc repro`` runs in its own process group (``vigil.scheduling.repro``), recorded in the retrain
+lock; a timeout ends the whole group. The record is written owner-only (0600) with credentials
+in URIs masked (``vigil.redact``). Modules: ``repro`` (running the pipeline), ``records`` (the
+decision read back, the record, its MLflow run, the summary); this one decides and runs a cycle.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import secrets
-import subprocess
-import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import MISSING, fields
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from vigil.config import Params, load_params
 from vigil.scheduling import RetrainConfig
 from vigil.scheduling.drift import check_drift
-from vigil.scheduling.inbox import (
-    dataset_folders,
-    dvc_env,
-    ingest_all,
-    sha256_file,
-    tracked_version,
-    utc_now,
-    write_json_atomic,
+from vigil.scheduling.dvc_tools import sha256_file, utc_now
+from vigil.scheduling.inbox import ingest_all
+from vigil.scheduling.records import (
+    log_record_to_mlflow,
+    read_decision,
+    records_dir,
+    summarize,
+    write_record,
+)
+from vigil.scheduling.repro import ReproError, repro_commands, run_in_group, run_repro
+from vigil.scheduling.versions import (
+    STATE_FILE,
+    champions,
+    data_version,
+    ensure_baseline,
+    load_state,
+    model_name,
+    save_state,
 )
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "STATE_FILE",
+    "Cycle",
+    "CycleError",
+    "champions",
+    "data_version",
+    "ensure_baseline",
+    "load_state",
+    "model_name",
+    "save_state",
+    "log_record_to_mlflow",
+    "read_decision",
+    "records_dir",
+    "repro_commands",
+    "run_cycle",
+    "run_in_group",
+    "run_repro",
+    "summarize",
+    "write_record",
+]
 
-STATE_FILE = "state.json"
-CHAMPION = "champion"
+log = logging.getLogger(__name__)
 
 
 class CycleError(RuntimeError):
@@ -64,225 +89,17 @@ class CycleError(RuntimeError):
         self.tail = tail
 
 
-# --- data versions ---------------------------------------------------------------------------
-
-
-def _lock_out_md5(root: Path, rel: str) -> str | None:
-    """md5 of ``rel`` as an output in dvc.lock (e.g. data/raw/capsules from `generate`)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return None
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    target = Path(rel).as_posix().rstrip("/")
-    for stage in stages.values():
-        for out in stage.get("outs", []):
-            if Path(out.get("path", "")).as_posix().rstrip("/") == target:
-                return out.get("md5")
-    return None
-
-
-def data_version(root: Path, params: Params, dataset: str) -> dict[str, Any]:
-    """What DVC has recorded for the dataset's data: source and ingested extra folder.
-
-    ``{"version": short hash of both, "source": md5 | None, "extra": md5 | None}``. The source's
-    md5 comes from ``<source>.dvc`` (a user folder under ``dvc add``) or from dvc.lock (a stage
-    output such as the generated built-in data).
-    """
-    folders = dataset_folders(root, params, dataset)
-    source_rel = params.dataset(dataset).source
-    source = tracked_version(root / source_rel) or _lock_out_md5(root, source_rel)
-    extra = tracked_version(folders.extra)
-    digest = hashlib.sha256(json.dumps([source, extra]).encode()).hexdigest()[:12]
-    return {"version": digest, "source": source, "extra": extra}
-
-
-def load_state(root: Path, cfg: RetrainConfig) -> dict[str, Any]:
-    path = root / cfg.state_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {"last_trained": {}}
-
-
-def save_state(root: Path, cfg: RetrainConfig, state: dict[str, Any]) -> None:
-    write_json_atomic(root / cfg.state_dir / STATE_FILE, state)
-
-
-def ensure_baseline(
-    root: Path,
-    cfg: RetrainConfig,
-    params: Params,
-    names: Iterable[str],
-    versions: dict[str, dict] | None = None,
-) -> dict[str, Any]:
-    """The state, with a trained-on version for every dataset seen for the first time.
-
-    At first sight the pipeline is taken as trained on the data as it is now; call this before
-    any ingest (``vigil ingest`` does) so that data ingested later counts as new.
-    """
-    state = load_state(root, cfg)
-    missing = [d for d in names if d not in state["last_trained"]]
-    for d in missing:
-        state["last_trained"][d] = (versions or {}).get(d, data_version(root, params, d))["version"]
-    if missing:
-        save_state(root, cfg, state)
-    return state
-
-
-# --- registry --------------------------------------------------------------------------------
-
-
-def model_name(params: Params, dataset: str) -> str:
-    return f"{params.register.model_name_prefix}-{dataset}-{params.dataset(dataset).modality}"
-
-
-def champions(params: Params, datasets: Iterable[str]) -> dict[str, dict | None]:
-    """The champion version of each dataset's registered model (None when there is none)."""
-    from mlflow.exceptions import MlflowException
-
-    from vigil.registry.tracking import connect
-
-    client = connect()
-    found: dict[str, dict | None] = {}
-    for dataset in datasets:
-        name = model_name(params, dataset)
-        try:
-            version = client.get_model_version_by_alias(name, CHAMPION)
-        except MlflowException as error:
-            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                found[dataset] = None
-                continue
-            raise
-        found[dataset] = {
-            "model": name,
-            "version": str(version.version),
-            "created": version.creation_timestamp / 1000.0,
-            "run_id": version.run_id,
-        }
-    return found
-
-
-# --- the pipeline run ------------------------------------------------------------------------
-
-
-def _stream(
-    cmd: list[str], root: Path, timeout_s: float | None, echo: Callable[[str], None]
-) -> tuple[int, str]:
-    """Run ``cmd``, echoing each output line; returns (exit code, last lines)."""
-    tail: deque[str] = deque(maxlen=60)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=root,
-        env=dvc_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-    timer = threading.Timer(timeout_s, proc.kill) if timeout_s else None
-    if timer:
-        timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            echo(line.rstrip("\n"))
-            tail.append(line.rstrip("\n"))
-        code = proc.wait()
-    finally:
-        if timer:
-            timer.cancel()
-    if timer and code < 0:
-        tail.append(f"killed after the {timeout_s} s repro timeout")
-    return code, "\n".join(tail)
-
-
-def repro_commands(cfg: RetrainConfig, triggers: dict[str, list[str]]) -> list[list[str]]:
-    """dvc repro argument lists: plain for new data, ``--force --downstream`` for the rest."""
-    plain = [d for d, t in triggers.items() if t == ["new_data"]]
-    forced = [d for d, t in triggers.items() if t and t != ["new_data"]]
-    commands = []
-    if plain:
-        targets = [t.format(dataset=d) for d in plain for t in cfg.repro.targets]
-        commands.append(["repro", *targets])
-    if forced:
-        if cfg.repro.force_from:
-            commands.append(
-                [
-                    "repro",
-                    "--force",
-                    "--downstream",
-                    *[cfg.repro.force_from.format(dataset=d) for d in forced],
-                ]
-            )
-        else:
-            targets = [t.format(dataset=d) for d in forced for t in cfg.repro.targets]
-            commands.append(["repro", "--force", *targets])
-    return commands
-
-
-def run_repro(
+def _repro(
     root: Path, cfg: RetrainConfig, triggers: dict[str, list[str]], echo: Callable[[str], None]
 ) -> list[str]:
-    """Run the repro commands in order; raises CycleError("repro") on the first failure."""
-    ran = []
-    for args in repro_commands(cfg, triggers):
-        cmd = [sys.executable, "-m", "dvc", *args]
-        ran.append("dvc " + " ".join(args))
-        echo(f"$ {ran[-1]}")
-        code, tail = _stream(cmd, root, cfg.repro.timeout_s, echo)
-        if code != 0:
-            raise CycleError("repro", f"`{ran[-1]}` failed (exit {code})", tail)
-    return ran
+    try:
+        return run_repro(root, cfg, triggers, echo)
+    except ReproError as error:
+        raise CycleError("repro", str(error), error.tail) from error
 
 
 def _file_digest(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
-
-
-def _decision_fields() -> tuple[set[str], list[str]]:
-    """(all, required) field names of the register stage's ``Decision`` (its decision.json)."""
-    from vigil.registry.promotion import Decision
-
-    every = fields(Decision)
-    required = [f.name for f in every if f.default is MISSING and f.default_factory is MISSING]
-    return {f.name for f in every}, required
-
-
-def read_decision(path: Path) -> dict[str, Any]:
-    """The register stage's decision file (``vigil.registry.promotion.write_decision``) as the
-    record's fields: ``verdict`` ("pass" | "fail", from the gate's ``passed``), ``promoted``,
-    ``candidate_version``, ``champion_before``, ``champion_after``, ``reasons``, ``forced``, and
-    the whole file under ``decision``. Raises ValueError naming the file and the field when the
-    file is not such a decision (another format, a missing field, a non-boolean verdict)."""
-    from vigil.registry.promotion import Decision
-
-    raw = json.loads(path.read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object (a register decision), got {raw!r:.80}")
-    known, required = _decision_fields()
-    missing = [name for name in required if name not in raw]
-    if missing:
-        raise ValueError(
-            f"{path}: not a register decision: missing field(s) {', '.join(missing)} "
-            f"(found {', '.join(sorted(raw)) or 'none'}; see vigil.registry.promotion.Decision)"
-        )
-    decision = Decision(**{k: v for k, v in raw.items() if k in known})
-    for name in ("passed", "promoted"):
-        if not isinstance(getattr(decision, name), bool):
-            raise ValueError(
-                f"{path}: field {name!r} must be true or false, got {getattr(decision, name)!r}"
-            )
-
-    def version(value: Any) -> str | None:
-        return str(value) if value is not None else None
-
-    return {
-        "verdict": "pass" if decision.passed else "fail",
-        "promoted": decision.promoted,
-        "candidate_version": version(decision.version),
-        "champion_before": version(decision.champion_before),
-        "champion_after": version(decision.champion_after),
-        "reasons": list(decision.reasons),
-        "forced": decision.forced,
-        "decision": raw,
-    }
 
 
 # --- the cycle -------------------------------------------------------------------------------
@@ -380,6 +197,7 @@ def _observe(cycle: Cycle, params: Params, names: list[str]) -> tuple[dict, dict
                 "ingested": len(reports[d].ingested),
                 "quarantined": reports[d].quarantined,
                 "resumed_ingest": reports[d].resumed,
+                "waiting": reports[d].waiting,
             }
         )
         if d in drift:
@@ -442,7 +260,7 @@ def _run_steps(cycle: Cycle, force: bool, datasets: list[str] | None) -> None:
     decisions = {d: root / cfg.repro.decision.format(dataset=d) for d in triggered}
     digests = {d: _file_digest(p) for d, p in decisions.items()}
     cycle.record["repro_commands"] = ["dvc " + " ".join(c) for c in repro_commands(cfg, triggered)]
-    cycle.timed("repro", lambda: run_repro(root, cfg, triggered, cycle.echo))
+    cycle.timed("repro", lambda: _repro(root, cfg, triggered, cycle.echo))
     state = seen[2]
     for d in triggered:  # trained: a failed repro never gets here, so the next cycle retries
         trained = _step("data_version", lambda d=d: data_version(root, params, d))
@@ -450,56 +268,6 @@ def _run_steps(cycle: Cycle, force: bool, datasets: list[str] | None) -> None:
     _step("state", lambda: save_state(root, cfg, state))
     _read_results(cycle, params, decisions, digests)
     cycle.record["status"] = "retrained"
-
-
-def records_dir(root: Path, cfg: RetrainConfig) -> Path:
-    return root / cfg.records
-
-
-def write_record(root: Path, cfg: RetrainConfig, record: dict[str, Any]) -> Path:
-    return write_json_atomic(records_dir(root, cfg) / f"{record['cycle_id']}.json", record)
-
-
-def log_record_to_mlflow(cfg: RetrainConfig, record: dict[str, Any]) -> str:
-    """One MLflow run per cycle in ``cfg.mlflow_experiment``: params, metrics, tags, the JSON."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    from vigil.registry.tracking import connect, ensure_experiment
-
-    client = connect()
-    experiment_id = ensure_experiment(cfg.mlflow_experiment)
-    run = client.create_run(experiment_id, run_name=f"cycle-{record['cycle_id']}")
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    params = [
-        Param("trigger", ",".join(record["trigger"]) or "none"),
-        Param("status", record["status"]),
-    ]
-    metrics = [
-        Metric(f"duration_{k}_s", float(v), now, 0) for k, v in record["durations_s"].items()
-    ]
-    tags = [RunTag("vigil.stage", "retrain"), RunTag("vigil.cycle_id", record["cycle_id"])]
-    for d, entry in record["datasets"].items():
-        metrics.append(Metric(f"{d}.ingested", float(entry.get("ingested", 0)), now, 0))
-        metrics.append(Metric(f"{d}.quarantined", float(len(entry.get("quarantined", {}))), now, 0))
-        for key in (
-            "data_version_before",
-            "data_version_after",
-            "verdict",
-            "promoted",
-            "candidate_version",
-            "champion_before",
-            "champion_after",
-        ):
-            if entry.get(key) is not None:
-                tags.append(RunTag(f"{d}.{key}", str(entry[key])))
-    if record["error"]:
-        tags.append(RunTag("error.step", record["error"]["step"]))
-        tags.append(RunTag("error.message", record["error"]["message"][:4000]))
-    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-    client.log_dict(run_id, record, f"cycle-{record['cycle_id']}.json")
-    client.set_terminated(run_id, "FAILED" if record["status"] == "failed" else "FINISHED")
-    return run_id
 
 
 def run_cycle(
@@ -543,28 +311,3 @@ def run_cycle(
     write_record(root, cfg, record)
     echo(summarize(record) + f"\nrecord: {path}")
     return record
-
-
-def summarize(record: dict[str, Any]) -> str:
-    """A few plain lines: what triggered, what came in, what the gate said."""
-    trigger = ", ".join(record["trigger"]) or "none"
-    lines = [f"retrain cycle {record['cycle_id']}: {record['status']} (trigger: {trigger})"]
-    for d, e in record["datasets"].items():
-        lines.append(
-            f"  {d}: +{e.get('ingested', 0)} item(s), {len(e.get('quarantined', {}))} quarantined, "
-            f"data {e.get('data_version_before')} -> {e.get('data_version_after')}"
-            + (
-                f", candidate v{e['candidate_version']} {e.get('verdict')}"
-                + (" (promoted)" if e.get("promoted") else "")
-                if e.get("candidate_version")
-                else ""
-            )
-            + (
-                f", champion {e.get('champion_before')} -> {e.get('champion_after')}"
-                if "champion_after" in e
-                else ""
-            )
-        )
-    if record["error"]:
-        lines.append(f"  error at {record['error']['step']}: {record['error']['message']}")
-    return "\n".join(lines)
