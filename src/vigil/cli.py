@@ -14,21 +14,30 @@ from vigil.config import ConfigError
 from vigil.redact import install_log_redaction, redact
 
 
+DESCRIPTION = (
+    "vigil: unsupervised visual anomaly detection for production lines. The pipeline runs "
+    "with `dvc repro` / `dvc exp run`; these commands sweep, promote, deploy (pull, serve, "
+    "watch) and retrain."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vigil", description=__doc__.splitlines()[0])
+    """The one `vigil` parser: every subcommand, with its description and examples."""
+    from vigil.cli_commands import OVERVIEW, REGISTRARS, HelpFormatter, describe
+
+    parser = argparse.ArgumentParser(
+        prog="vigil",
+        description=DESCRIPTION,
+        epilog=OVERVIEW,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"vigil {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in _subcommand_registrars():
+    for register in REGISTRARS:
         register(sub)
+    describe(sub)
     return parser
-
-
-def _subcommand_registrars():
-    """Each returns a function ``register(subparsers)``; import lazily to keep --help fast."""
-    from vigil.cli_commands import REGISTRARS
-
-    return REGISTRARS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import argparse
 import getpass
 import json
 import os
+import sys
 from pathlib import Path
 
 
@@ -43,6 +44,7 @@ def default_who() -> str:
 
 def run_promote(args: argparse.Namespace) -> int:
     from vigil.registry.promotion import PromotionError, force_promote
+    from vigil.registry.tracking import TrackingError
 
     if not str(args.force).isdigit():
         raise ValueError(f"--force expects a version number, got {args.force!r}")
@@ -56,6 +58,9 @@ def run_promote(args: argparse.Namespace) -> int:
         )
     except PromotionError as error:
         print(f"vigil promote: refused: {error}")
+        return 1
+    except TrackingError as error:  # no store, or one that does not answer
+        print(f"vigil promote: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # the record is written before the alias moves
         print(f"vigil promote: refused: cannot write the decision record ({error}); "

@@ -237,13 +237,16 @@ def force_promote(
     tagged on the version and the alias moves; when a registry step fails, the record is
     rewritten as ``failed`` and ``PromotionError`` raised.
     """
-    from vigil.registry.tracking import connect
+    from vigil.registry.tracking import connect, model_not_found, require_store
 
     if not why or not why.strip():
         raise ValueError("a forced promotion needs a reason (--reason)")
     if not who or not who.strip():
         raise ValueError("a forced promotion needs a person (--who or $USER)")
-    client = client or connect()
+    client = client or connect(require_store())  # never a new empty store in the cwd
+    missing = model_not_found(client, name)
+    if missing:
+        raise PromotionError(missing)
     version = str(version)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     with registry_errors(f"force-promoting {name} version {version}"):

@@ -53,6 +53,47 @@ def connect(uri: str | None = None) -> MlflowClient:
     return client
 
 
+def require_store(uri: str | None = None) -> str:
+    """The tracking URI for a command that reads an existing registry (``pull``, ``serve``,
+    ``watch``, ``promote``); TrackingError, before anything connects, when it would create an
+    empty SQLite store instead: MLFLOW_TRACKING_URI unset outside a project, or naming a file
+    that does not exist (MLflow would silently create it)."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if str(path) != ":memory:" and not path.is_file():
+            where = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else (
+                "no MLFLOW_TRACKING_URI set, and the project default"
+            )
+            raise TrackingError(
+                f"no MLflow tracking store: {where} {uri} does not exist; set "
+                "MLFLOW_TRACKING_URI to the registry (e.g. http://mlflow:5000, or "
+                "sqlite:////path/to/project/mlflow.db) or run from the project folder"
+            )
+    return uri
+
+
+def model_not_found(client: MlflowClient, name: str) -> str | None:
+    """None when ``name`` is a registered model of ``client``'s store; else one sentence naming
+    the store and the models it does hold."""
+    from vigil.redact import redact
+
+    try:
+        client.get_registered_model(name)
+        return None
+    except Exception:  # noqa: BLE001 - not found (or unreadable): say what is there
+        pass
+    try:
+        names = sorted(m.name for m in client.search_registered_models(max_results=100))
+    except Exception:  # noqa: BLE001 - the listing is a courtesy
+        names = []
+    listed = ", ".join(names) if names else "none"
+    return (
+        f"no registered model {name!r} in {redact(client.tracking_uri)} "
+        f"(registered models: {listed})"
+    )
+
+
 def experiment_artifact_location(uri: str) -> str | None:
     """Absolute artifact location (a ``file://`` URI) for new experiments of store ``uri``.
 

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from vigil.redact import install_log_redaction, redact
+from vigil.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -245,19 +245,8 @@ def run_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The serving commands alone (``python -c 'from vigil.serving.cli import main; main()'``):
-    what benchmarks and tests start as a subprocess; ``vigil`` itself wires ``register``."""
-    parser = argparse.ArgumentParser(prog="vigil", description="vigil serving commands")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    install_log_redaction()  # no credentialed URI (MLFLOW_TRACKING_URI...) reaches the log
-    try:
-        return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"vigil {args.command}: error: {redact(str(error))}", file=sys.stderr)
-        return 2
+    """``vigil`` itself (one parser for every command), for benchmarks and tests that start
+    ``python -c 'from vigil.serving.cli import main; main()'`` as a subprocess."""
+    from vigil.cli import main as vigil_main
+
+    return vigil_main(argv)

@@ -42,7 +42,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from vigil.registry.tracking import connect
+from vigil.registry.tracking import connect, model_not_found, require_store
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,10 @@ def resolve_version(client: MlflowClient, name: str, alias: str) -> ModelVersion
     try:
         return client.get_model_version_by_alias(name, alias)
     except Exception as error:
-        raise PullError(f"cannot resolve {name}@{alias} in the registry: {error}") from error
+        missing = model_not_found(client, name)  # a wrong name: say which ones exist, where
+        raise PullError(
+            missing or f"cannot resolve {name}@{alias} in the registry: {error}"
+        ) from error
 
 
 def resolve_model_dir(dest: Path | str) -> Path:
@@ -121,7 +124,7 @@ def pull(
     Raises PullError (unknown model or alias, download failure, missing checksum) or
     ChecksumMismatchError (tampered or corrupt package); ``dest`` is untouched in both cases.
     """
-    client = client or connect()
+    client = client or connect(require_store())  # never a new empty store in the cwd
     dest = Path(dest)
     found = (
         _get_version(client, model, version) if version else resolve_version(client, model, alias)
@@ -185,7 +188,10 @@ def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
     try:
         return client.get_model_version(name, version)
     except Exception as error:
-        raise PullError(f"cannot find {name} version {version} in the registry: {error}") from error
+        missing = model_not_found(client, name)
+        raise PullError(
+            missing or f"cannot find {name} version {version} in the registry: {error}"
+        ) from error
 
 
 def _is_installed(manifest: dict | None, dest: Path, found: ModelVersion) -> bool:
