@@ -182,7 +182,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     image_family: str = "conv_ae"
-    video_family: str = "convlstm"
+    video_family: str = "future_frame"
 
     @model_validator(mode="after")
     def _families_are_known(self) -> ModelConfig:
