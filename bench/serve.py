@@ -73,7 +73,7 @@ def free_port() -> int:
 
 
 def start_service(model_dir: Path, port: int) -> subprocess.Popen:
-    code = "import sys; from vigil.serving.cli import main; sys.exit(main())"
+    code = "import sys; from vigil.cli import main; sys.exit(main())"
     cmd = [
         sys.executable,
         "-c",

@@ -4,7 +4,7 @@
         [--data-dir data/prepared/capsules] [--model-dir models/capsules] [--out reports/capsules]
 
 Writes <out>/metrics.json, <out>/plots/*.csv, <out>/evaluation/report.html (+ PNGs) and
-<model-dir>/threshold.json, and logs `test_*` metrics and the report to the training MLflow run
+<model-dir>/detector/ (detector.json + weights), and logs `test_*` metrics and the report to the training MLflow run
 (<model-dir>/train.json). Exit status 2 with a message naming the file or split for bad input.
 """
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from vigil.data.prepared import PreparedDataError
     from vigil.evaluation.evaluate import EvaluationError, evaluate, summary_lines
     from vigil.evaluation.metrics import MetricsInputError
-    from vigil.models import ModelSpecError
-    from vigil.registry.tracking import TrackingError
+    from vigil.models.spec import ModelSpecError
+    from vigil.tracking import TrackingError
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     try:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from vigil.config import ConfigError
     from vigil.registry.package import PackageError
     from vigil.registry.promotion import PromotionError
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
 
     try:
         return run(args)

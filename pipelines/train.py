@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from vigil.config import tracking_uri
     from vigil.data.prepared import PreparedDataError
     from vigil.models.lightning import NonFiniteLossError
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

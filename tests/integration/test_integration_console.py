@@ -30,7 +30,7 @@ from tests.conftest import _forget_active_experiment, free_port, wait_until_ok
 from tests.unit.serving.conftest import make_model_dir, png, register
 
 REPO = Path(__file__).resolve().parents[2]
-SERVING_MAIN = "import sys; from vigil.serving.cli import main; sys.exit(main())"
+SERVING_MAIN = "import sys; from vigil.cli import main; sys.exit(main())"
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 TOKEN = "console-test-token"
 MODEL = "tiny-console-image"
@@ -55,7 +55,7 @@ def _defect_image() -> np.ndarray:
 
 def _history(log_path: Path, threshold: float) -> None:
     """A minute of line history: calm, one alarm, calm (what `vigil watch` would have logged)."""
-    from vigil.scheduling.scorelog import ScoreLog
+    from vigil.serving.scorelog import ScoreLog
 
     rng = np.random.default_rng(0)
     scores = [float(s) for s in rng.uniform(0.3, 0.7, 90) * threshold]
@@ -255,7 +255,7 @@ def test_dropping_a_defect_image_shows_an_overlay_at_its_size_and_the_api_verdic
 def test_live_panel_receives_a_scored_frame_within_two_seconds(
     browser, served: Served, contexts
 ) -> None:
-    from vigil.scheduling.scorelog import ScoreLog, score_line
+    from vigil.serving.scorelog import ScoreLog, score_line
 
     page = _page(contexts, browser, served, signed_in=True)
     frame = _defect_image()

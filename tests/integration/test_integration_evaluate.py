@@ -1,7 +1,8 @@
 """The evaluate stage on tiny generated data with tiny models trained by the real train stage.
 
 generate (library) -> prepare (library) -> pipelines/train.py main() (fit + MLflow run +
-train.json) -> pipelines/evaluate.py: metrics.json, plot CSVs, report, threshold.json, and the
+train.json) -> pipelines/evaluate.py: metrics.json, plot CSVs, report, the calibrated detector
+(models/<dataset>/detector/: detector.json + weights.safetensors), and the
 ``test_*`` metrics and report on the training run.
 """
 
@@ -31,8 +32,8 @@ PARAMS = {
     },
     "prepare": {"image": {"size": [32, 32], "channels": 3},
                 "video": {"size": [32, 32], "channels": 1, "fps": 15, "clip_len": 4}},
-    "model": {"image": {"depth": 2, "filters": 8, "latent_channels": 4},
-              "video": {"encoder_depth": 2, "filters": 8, "hidden_channels": 8}},
+    "model": {"conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4},
+              "convlstm": {"encoder_depth": 2, "filters": 8, "hidden_channels": 8}},
     "train": {"max_epochs": 1, "batch_size": 8, "lr": 0.003, "accelerator": "cpu",
               "log_images_every_n_epochs": 50},
     "evaluate": {"n_report_examples": 3},
@@ -83,7 +84,7 @@ def in_project(project, monkeypatch):
 
 
 def training_run(project: Path, name: str):
-    from vigil.registry.tracking import connect
+    from vigil.tracking import connect
 
     run_id = json.loads((project / "models" / name / "train.json").read_text())["run_id"]
     client = connect()
@@ -110,25 +111,42 @@ def test_evaluate_cli_writes_metrics_plots_report_threshold_and_logs_to_the_run(
     assert {"recall", "precision"} <= set(pr.dtype.names) and len(pr) > 2
     assert (out / "plots/roc.csv").is_file() and (out / "plots/scores.csv").is_file()
     html = (out / "evaluation/report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "Per defect type" in html
+    pngs = {p.name for p in (out / "evaluation").glob("*.png")}
+    assert {"pr_curve.png", "roc_curve.png", "score_hist.png"} <= pngs  # + false alarms/escapes
+    assert html.count("data:image/png;base64,") == len(pngs) and "Per defect type" in html
 
-    threshold = json.loads((in_project / "models/caps/threshold.json").read_text())
-    assert threshold["threshold"] == pytest.approx(metrics["threshold"])
-    assert threshold["calibration"]["split"] == "tune"
-    assert threshold["pixel_threshold"] > 0 and threshold["postprocess"]["median_blur"] == 3
+    from vigil.detector import Detector
+    from vigil.registry.package import read_detector_record
+
+    folder = in_project / "models/caps/detector"
+    assert sorted(p.name for p in folder.iterdir()) == ["detector.json", "weights.safetensors"]
+    assert not (in_project / "models/caps/threshold.json").exists()
+    record = json.loads((folder / "detector.json").read_text())
+    assert record["threshold"] == pytest.approx(metrics["threshold"])
+    assert record["calibration"]["split"] == "tune" and record["dataset"] == "caps"
+    assert record["pixel_threshold"] > 0 and record["postprocess"]["median_blur"] == 3
+    assert record["spec"]["family"] == "conv_ae" and record["spec"]["prep"]["size"] == [32, 32]
     # the test split the metrics were measured on travels with them (the gate's comparison key)
     assert len(metrics["test_split_hash"]) == 64
-    assert threshold["test_split_hash"] == metrics["test_split_hash"]
-    from vigil.registry.package import read_threshold
+    assert record["test_split_hash"] == metrics["test_split_hash"]
+    assert read_detector_record(folder).threshold == record["threshold"]
+    # the saved detector scores the test split as the stage did (the scores behind the metrics)
+    from vigil.data.prepared import PreparedDataset
 
-    assert read_threshold(in_project / "models/caps/threshold.json")[0] == threshold["threshold"]
+    data = PreparedDataset.load(in_project / "data/prepared/caps")
+    rows = data.indices("test")
+    scores = Detector.load(folder).score_prepared(np.asarray(data.frames[rows])).scores
+    table = np.genfromtxt(out / "plots/scores.csv", delimiter=",", names=True, dtype=None,
+                          encoding="utf-8")
+    assert len(table) == len(rows)
+    np.testing.assert_allclose(np.sort(table["score"]), np.sort(scores), rtol=1e-5)
 
     client, run = training_run(in_project, "caps")
     assert run.data.metrics["test_image_auroc"] == pytest.approx(metrics["image_auroc"])
     assert run.data.tags["vigil.report"] == "evaluation/report.html"
     assert run.data.tags["vigil.test_split_hash"] == metrics["test_split_hash"]
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/report.html", "evaluation/threshold.json",
+    assert {"evaluation/report.html", "evaluation/detector.json",
             "evaluation/pr_curve.png"} <= logged
 
 
@@ -196,7 +214,7 @@ def test_a_model_that_outputs_nan_is_a_clear_error(in_project):
     from vigil.config import load_params
     from vigil.evaluation.evaluate import evaluate
     from vigil.evaluation.metrics import MetricsInputError
-    from vigil.models import load_trained, save_trained
+    from vigil.models.spec import load_trained, save_trained
 
     model, spec = load_trained(in_project / "models/caps")
     with torch.no_grad():
@@ -206,4 +224,4 @@ def test_a_model_that_outputs_nan_is_a_clear_error(in_project):
     with pytest.raises(MetricsInputError, match=r"tune split: \d+ of \d+ scores are NaN"):
         evaluate(load_params("params.yaml"), "caps", in_project / "data/prepared/caps", broken,
                  in_project / "reports/nan", log_mlflow=False)
-    assert not (broken / "threshold.json").exists()  # nothing half-written
+    assert not (broken / "detector").exists()  # nothing half-written

@@ -27,7 +27,7 @@ import pytest
 from tests.conftest import free_port, wait_until_ok
 from vigil.config import Params, parse_params
 from vigil.data.prepared import write_prepared
-from vigil.registry.tracking import TrackingError
+from vigil.tracking import TrackingError
 from vigil.training import fit
 
 MLFLOW = Path(sys.executable).parent / "mlflow"

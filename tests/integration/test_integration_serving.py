@@ -32,7 +32,7 @@ from vigil.config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SERVING_MAIN = "import sys; from vigil.serving.cli import main; sys.exit(main())"
+SERVING_MAIN = "import sys; from vigil.cli import main; sys.exit(main())"
 POSTPROCESS = EvaluateConfig(median_blur=3, smoothing_window=3, score="topk_mean")
 
 
@@ -74,7 +74,7 @@ def test_watch_flags_the_injected_anomalies_of_a_print_video(tmp_path, capsys):
     from vigil.evaluation.scoring import score_video
     from vigil.models import save_trained
     from vigil.registry.package import stage_artifacts
-    from vigil.serving.cli import main
+    from vigil.cli import main
 
     gen = PrintGen(frame_size=48, fps=15, frames_per_video=64)
     prep = VideoPrep(size=(32, 32), channels=1, fps=15, clip_len=8)
@@ -261,7 +261,7 @@ def test_serve_score_log_feeds_the_drift_trigger(mlflow_store, tmp_path):
 
 
 def test_a_model_that_cannot_be_pulled_is_a_startup_error(mlflow_store, monkeypatch, capsys):
-    from vigil.serving.cli import main
+    from vigil.cli import main
 
     monkeypatch.setenv("VIGIL_MODEL_NAME", "no-such-model")
     assert main(["serve", "--port", str(free_port())]) == 1
@@ -269,12 +269,12 @@ def test_a_model_that_cannot_be_pulled_is_a_startup_error(mlflow_store, monkeypa
 
 
 def test_pull_cli_installs_and_reports_errors(mlflow_store, tmp_path, capsys):
-    from vigil.serving.cli import main
+    from vigil.cli import main
 
     name = "vigil-tiny-image"
     _register_tiny_image_model(tmp_path, name)
     dest = tmp_path / "deploy"
-    assert main(["pull", "--model", name, "--alias", "champion", "--dest", str(dest)]) == 0
+    assert main(["pull", "--model", name, "--alias", "champion", "--dest", str(dest), "--json"]) == 0
     manifest = json.loads(capsys.readouterr().out)
     assert manifest["version"] == "1" and (dest / "manifest.json").is_file()
     assert main(["pull", "--model", name, "--alias", "nope", "--dest", str(dest)]) == 1
@@ -284,7 +284,7 @@ def test_pull_cli_installs_and_reports_errors(mlflow_store, tmp_path, capsys):
 def test_serve_model_dir_loads_the_current_pulled_version(mlflow_store, tmp_path, capsys):
     """`vigil pull` then `vigil serve --model-dir` (a subprocess): the folder loads through its
     `current` link, as a plain folder would."""
-    from vigil.serving.cli import main
+    from vigil.cli import main
 
     name = "vigil-tiny-image"
     _register_tiny_image_model(tmp_path, name)

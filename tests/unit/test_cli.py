@@ -31,14 +31,6 @@ def test_every_command_has_a_description_and_examples(capsys):
     assert "examples:" in top and all(command in top for command in HELP)
 
 
-def test_the_serving_entry_is_the_same_parser(capsys):
-    from vigil.serving.cli import main as serving_main
-
-    with pytest.raises(SystemExit):
-        serving_main(["sweep", "--help"])  # not a serving command: one parser for all
-    assert "Optuna study" in capsys.readouterr().out
-
-
 def test_pull_outside_a_project_creates_no_store(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

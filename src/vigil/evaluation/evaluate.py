@@ -179,7 +179,7 @@ def log_to_mlflow(
 
     from mlflow.entities import Metric
 
-    from vigil.registry.tracking import connect
+    from vigil.tracking import connect
 
     client = connect()
     now = int(time.time() * 1000)

@@ -44,7 +44,7 @@ def default_who() -> str:
 
 def run_promote(args: argparse.Namespace) -> int:
     from vigil.registry.promotion import PromotionError, force_promote
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
 
     if not str(args.force).isdigit():
         raise ValueError(f"--force expects a version number, got {args.force!r}")

@@ -237,7 +237,7 @@ def force_promote(
     tagged on the version and the alias moves; when a registry step fails, the record is
     rewritten as ``failed`` and ``PromotionError`` raised.
     """
-    from vigil.registry.tracking import connect, model_not_found, require_store
+    from vigil.tracking import connect, model_not_found, require_store
 
     if not why or not why.strip():
         raise ValueError("a forced promotion needs a reason (--reason)")

@@ -79,7 +79,7 @@ def register_stage(
     from vigil.registry.package import log_package, read_detector_record
     from vigil.registry.policy import promotion_policy
     from vigil.registry.promotion import model_name, register_candidate, registry_errors
-    from vigil.registry.tracking import connect
+    from vigil.tracking import connect
 
     params = load_params(params_path)
     spec = params.dataset(dataset)

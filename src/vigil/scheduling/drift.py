@@ -2,7 +2,7 @@
 
 Input: the score log that ``vigil serve --score-log PATH`` / ``vigil watch --score-log PATH``
 (or ``score_log:`` in configs/serving.yaml) appends, one scored image or frame per line; the
-format is ``vigil.scheduling.scorelog``'s: ``{"time": ..., "model_name": ..., "model_version": ...,
+format is ``vigil.serving.scorelog``'s: ``{"time": ..., "model_name": ..., "model_version": ...,
 "score": 0.013, "threshold": 0.02, "is_anomaly": false}``. Only ``score`` and ``threshold`` are
 read (``threshold`` optional when the config sets one; lines without a numeric ``score`` are
 skipped). Point ``drift.scores_log`` in configs/retrain.yaml at that file. Two tests, either can
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vigil.scheduling import DriftConfig
-from vigil.scheduling.scorelog import SCORE, THRESHOLD
+from vigil.serving.scorelog import SCORE, THRESHOLD
 
 
 @dataclass

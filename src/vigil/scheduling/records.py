@@ -81,7 +81,7 @@ def log_record_to_mlflow(cfg: RetrainConfig, record: dict[str, Any]) -> str:
     """One MLflow run per cycle in ``cfg.mlflow_experiment``: params, metrics, tags, the JSON."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from vigil.registry.tracking import connect, ensure_experiment
+    from vigil.tracking import connect, ensure_experiment
 
     client = connect()
     experiment_id = ensure_experiment(cfg.mlflow_experiment)

@@ -93,7 +93,7 @@ def champions(params: Params, datasets: Iterable[str]) -> dict[str, dict | None]
     """The champion version of each dataset's registered model (None when there is none)."""
     from mlflow.exceptions import MlflowException
 
-    from vigil.registry.tracking import connect
+    from vigil.tracking import connect
 
     client = connect()
     found: dict[str, dict | None] = {}

@@ -70,7 +70,7 @@ class ConsoleSettings(Strict):
 
 
 class ServingConfig(Strict):
-    # JSONL score log for the drift trigger (vigil.scheduling.scorelog); None: off
+    # JSONL score log for the drift trigger (vigil.serving.scorelog); None: off
     score_log: str | None = None
     server: ServerSettings = ServerSettings()
     follow: FollowSettings = FollowSettings()

@@ -23,7 +23,7 @@ takes) and empty batches. With ``VIGIL_API_TOKEN`` set, scoring endpoints requir
 Score log (opt-in, for the retrain drift trigger): with ``score_log: PATH`` in
 configs/serving.yaml or ``vigil serve --score-log PATH``, every scored image or frame appends one
 JSON line ``{"time", "model_name", "model_version", "score", "threshold", "is_anomaly"}`` (the
-format of ``vigil.scheduling.scorelog``, read by ``vigil.scheduling.drift``). Lines are appended
+format of ``vigil.serving.scorelog``, read by ``vigil.scheduling.drift``). Lines are appended
 whole, on the inference threads, safe under concurrent requests; a failing write is logged and
 never fails the request.
 """
@@ -49,7 +49,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vigil import __version__
-from vigil.scheduling.scorelog import ScoreLog
+from vigil.serving.scorelog import ScoreLog
 from vigil.redact import redact
 from vigil.serving import LimitSettings, ServingConfig
 from vigil.serving.docs import mount_offline_docs
@@ -59,7 +59,8 @@ from vigil.serving.inputs import decode_all as _decode_all
 from vigil.serving.inputs import many_images as _many_images
 from vigil.serving.inputs import one_image_body as _one_image_body
 from vigil.serving.limits import BodyLimit, RequestLimits
-from vigil.serving.loader import FrameScore, ModelInfo, Scorer, encode_png
+from vigil.detector import ItemScore
+from vigil.serving.loader import ModelInfo, Scorer, encode_png
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         result = (await run(scorer.score_images, [(data, name)], True, scorer.info))[0]
         answer = _answer(scorer, result, started, False)
         headers = {f"X-Vigil-{k.replace('_', '-')}": str(v) for k, v in answer.items()}
-        return Response(encode_png(result.heatmap), media_type="image/png", headers=headers)
+        return Response(encode_png(result.overlay), media_type="image/png", headers=headers)
 
     @app.post("/score/batch", tags=["scoring"], dependencies=[auth], openapi_extra=_FILES_BODY)
     async def score_batch(request: Request, heatmap: bool = Query(False)) -> dict[str, Any]:
@@ -261,7 +262,7 @@ def _runner(
 
     def decode_and_score(
         method: Callable, blobs: list, heatmap: bool, info: ModelInfo
-    ) -> list[FrameScore]:
+    ) -> list[ItemScore]:
         images = _decode_all(blobs, limits, info.channels)
         try:
             results = method(images, heatmap=heatmap)
@@ -273,7 +274,7 @@ def _runner(
 
     async def run(
         method: Callable, blobs: list, heatmap: bool, info: ModelInfo
-    ) -> list[FrameScore]:
+    ) -> list[ItemScore]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             executor, functools.partial(decode_and_score, method, blobs, heatmap, info)
@@ -282,7 +283,7 @@ def _runner(
     return run
 
 
-def _log_scores(score_log: ScoreLog, info: ModelInfo, results: list[FrameScore]) -> None:
+def _log_scores(score_log: ScoreLog, info: ModelInfo, results: list[ItemScore]) -> None:
     """Append the scores to the log; a failed write is logged, the answer still goes out."""
     try:
         score_log.write(
@@ -292,18 +293,18 @@ def _log_scores(score_log: ScoreLog, info: ModelInfo, results: list[FrameScore])
         log.warning("score log %s: write failed: %s", score_log.path, error)
 
 
-def _result(scorer: Scorer, result: FrameScore, heatmap: bool) -> dict[str, Any]:
+def _result(scorer: Scorer, result: ItemScore, heatmap: bool) -> dict[str, Any]:
     answer: dict[str, Any] = {
         "score": result.score if math.isfinite(result.score) else None,  # None: no score yet
         "is_anomaly": result.is_anomaly,
         "threshold": scorer.info.threshold,
     }
-    if heatmap and result.heatmap is not None:
-        answer["heatmap_png"] = base64.b64encode(encode_png(result.heatmap)).decode("ascii")
+    if heatmap and result.overlay is not None:
+        answer["heatmap_png"] = base64.b64encode(encode_png(result.overlay)).decode("ascii")
     return answer
 
 
-def _answer(scorer: Scorer, result: FrameScore, started: float, heatmap: bool) -> dict[str, Any]:
+def _answer(scorer: Scorer, result: ItemScore, started: float, heatmap: bool) -> dict[str, Any]:
     return {
         **_result(scorer, result, heatmap),
         "model_name": scorer.info.name,
@@ -313,7 +314,7 @@ def _answer(scorer: Scorer, result: FrameScore, started: float, heatmap: bool) -
 
 
 def _many_answer(
-    scorer: Scorer, results: list[FrameScore], started: float, heatmap: bool
+    scorer: Scorer, results: list[ItemScore], started: float, heatmap: bool
 ) -> dict[str, Any]:
     return {
         "results": [_result(scorer, r, heatmap) for r in results],

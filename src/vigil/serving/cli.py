@@ -6,7 +6,7 @@ default command. A model that cannot be pulled or loaded is a start-up error (ex
 
 ``--score-log PATH`` (serve and watch; default: ``score_log`` in configs/serving.yaml, off when
 unset) appends one JSON line per scored image or frame for the retrain drift trigger: see
-``vigil.scheduling.scorelog``. A path that cannot be opened is a start-up error (exit 1).
+``vigil.serving.scorelog``. A path that cannot be opened is a start-up error (exit 1).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def _add_pull(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alias", default="champion", help="registry alias (default: champion)")
     parser.add_argument("--version", help="an explicit version instead of the alias")
     parser.add_argument("--dest", type=Path, required=True, help="folder to install into")
+    parser.add_argument(
+        "--json", action="store_true", help="print the whole manifest (JSON), not one line"
+    )
     parser.set_defaults(handler=run_pull)
 
 
@@ -88,7 +91,7 @@ def _add_watch(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
     from vigil.serving.pull import PullError, pull
 
     try:
@@ -96,8 +99,18 @@ def run_pull(args: argparse.Namespace) -> int:
     except (PullError, TrackingError) as error:
         print(f"vigil pull: error: {redact(str(error))}", file=sys.stderr)
         return 1
-    print(json.dumps(manifest, indent=2))
+    print(json.dumps(manifest, indent=2) if args.json else _pulled_line(manifest, args.dest))
     return 0
+
+
+def _pulled_line(manifest: dict, dest: Path) -> str:
+    """One line per pulled version: what, from which alias, where, at which threshold."""
+    alias = f" @{manifest['alias']}" if manifest.get("alias") else ""
+    return (
+        f"{manifest['name']} version {manifest['version']}{alias} -> {dest} "
+        f"(threshold {manifest['threshold']:.6g}, sha256 {str(manifest.get('checksum'))[:12]}; "
+        "--json for the manifest)"
+    )
 
 
 def _model_source(args: argparse.Namespace, alias: str) -> str:
@@ -124,7 +137,7 @@ def _with_score_log(args: argparse.Namespace, config):
 
 def _load(args: argparse.Namespace, config, command: str):
     """(scorer, source) or a printed start-up error and None."""
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
     from vigil.serving.loader import ModelLoadError, load_scorer
     from vigil.serving.pull import PullError
 
@@ -166,6 +179,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from vigil.serving.limits import uvicorn_options
     from vigil.serving.pull import parse_model_uri
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm in logs
     config = _with_score_log(args, load_serving_config(args.config))
     scorer, source = _load(args, config, "serve")
     if scorer is None:
@@ -242,11 +256,3 @@ def run_watch(args: argparse.Namespace) -> int:
         print(f"vigil watch: error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``vigil`` itself (one parser for every command), for benchmarks and tests that start
-    ``python -c 'from vigil.serving.cli import main; main()'`` as a subprocess."""
-    from vigil.cli import main as vigil_main
-
-    return vigil_main(argv)

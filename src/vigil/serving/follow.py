@@ -110,7 +110,7 @@ class AliasFollower:
 
     def poll_once(self) -> str | None:
         """Check the alias once; returns the version now served when it changed, else None."""
-        from vigil.registry.tracking import TrackingError, connect
+        from vigil.tracking import TrackingError, connect
         from vigil.serving.pull import PullError, resolve_version
 
         try:

@@ -42,7 +42,7 @@ from typing import Any
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from vigil.registry.tracking import connect, model_not_found, require_store
+from vigil.tracking import connect, model_not_found, require_store
 
 log = logging.getLogger(__name__)
 

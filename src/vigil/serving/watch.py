@@ -12,7 +12,7 @@ input | prediction | heat-map overlay over a strip with the score timeline and t
 Score log (opt-in, for the retrain drift trigger): ``vigil watch --score-log PATH`` (or
 ``score_log: PATH`` in configs/serving.yaml) appends one JSON line per scored frame, with its
 smoothed score: ``{"time", "model_name", "model_version", "score", "threshold", "is_anomaly"}``
-(``vigil.scheduling.scorelog``, read by ``vigil.scheduling.drift``). Frames without a score yet
+(``vigil.serving.scorelog``, read by ``vigil.scheduling.drift``). Frames without a score yet
 (a video model's first frame) are not logged. Beside it, ``<log>.latest/`` holds the latest
 scored frame and its heat map (twice a second at most), for the console's live panel.
 """
@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import cv2
 
 from vigil.data.video import DecodedFrame, FrameResampler, read_folder_fps, read_video
-from vigil.scheduling.scorelog import ScoreLog, score_line
+from vigil.serving.scorelog import ScoreLog, score_line
 from vigil.serving import WatchSettings
 from vigil.detector import ItemScore
 from vigil.serving.loader import FrameStream, Scorer

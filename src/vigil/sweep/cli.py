@@ -30,7 +30,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     Lightning settings): reported as one line, not a traceback."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
     from vigil.sweep.study import StorageError, SweepError
 
     return (

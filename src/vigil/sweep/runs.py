@@ -12,7 +12,7 @@ import optuna
 
 from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
-from vigil.registry.tracking import connect, ensure_experiment, flatten
+from vigil.tracking import connect, ensure_experiment, flatten
 
 log = logging.getLogger(__name__)
 

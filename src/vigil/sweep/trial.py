@@ -14,7 +14,7 @@ import optuna
 
 from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
-from vigil.registry.tracking import connect
+from vigil.tracking import connect
 from vigil.sweep.identity import dataset_family
 from vigil.sweep.objective import tune_errors
 from vigil.sweep.pruning import OptunaPruning

@@ -59,7 +59,7 @@ def _worker(
 def _worker_process(*args: Any) -> None:
     """``_worker`` as a child process: a storage or tracking failure ends it with one log
     line and exit status 2 (the parent reports the failed worker), not a traceback."""
-    from vigil.registry.tracking import TrackingError
+    from vigil.tracking import TrackingError
 
     try:
         _worker(*args)

@@ -31,7 +31,7 @@ from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
 from vigil.models.registry import get_family
 from vigil.models.spec import build_model, model_spec, save_trained
-from vigil.registry.tracking import connect, ensure_experiment
+from vigil.tracking import connect, ensure_experiment
 from vigil.training import tracking
 from vigil.training.resume import fingerprint, resume_checkpoint, write_state
 
@@ -258,6 +258,8 @@ def _train_and_save(
     with warnings.catch_warnings():
         # resuming reuses the checkpoint folder on purpose
         warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        # Lightning 2.6 builds a LeafSpec per loader, deprecated in torch 2.13: one line a trial
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if checkpoint.best_model_score is None or not checkpoint.best_model_path:
         raise RuntimeError(f"training on {data.root} produced no validated checkpoint")

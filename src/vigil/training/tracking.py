@@ -25,7 +25,7 @@ from mlflow.entities import DatasetInput, InputTag, RunStatus
 from vigil.config import ImagePrep, Params
 from vigil.data.prepared import PreparedDataset
 from vigil.data.preprocess import to_tensor
-from vigil.registry.tracking import flatten, iter_chunks
+from vigil.tracking import flatten, iter_chunks
 from vigil.data.torch_datasets import clip_windows
 
 PARENT_TAG = "mlflow.parentRunId"

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_model_dir, png, register, sample_images
 
 from vigil.registry.promotion import TAG_FORCE_REASON, TAG_FORCED_AT, TAG_FORCED_BY
-from vigil.scheduling.scorelog import ScoreLog, latest_dir, score_line
+from vigil.serving.scorelog import ScoreLog, latest_dir, score_line
 from vigil.serving import ConsoleSettings, ServingConfig
 from vigil.serving.app import TOKEN_ENV, create_app
 from vigil.serving.console.live import ScoreLogTail

@@ -15,7 +15,7 @@ from conftest import png, sample_images
 
 from vigil.scheduling import DriftConfig
 from vigil.scheduling.drift import check_drift
-from vigil.scheduling.scorelog import FIELDS
+from vigil.serving.scorelog import FIELDS
 from vigil.serving import ServingConfig, load_serving_config
 from vigil.serving.app import create_app
 from vigil.serving.follow import ModelHolder

@@ -14,7 +14,7 @@ from vigil.models.blocks import ImageTooSmallError
 from vigil.models.conv_ae.config import ConvAEConfig
 from vigil.models.spec import load_trained
 from vigil.models.lightning import NonFiniteLossError
-from vigil.registry.tracking import TrackingError
+from vigil.tracking import TrackingError
 from vigil.training import fit
 
 

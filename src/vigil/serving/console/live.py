@@ -1,6 +1,6 @@
 """The console's live panel: tail the score log and push new points as Server-Sent Events.
 
-The score log (``vigil.scheduling.scorelog``) is the stream ``vigil watch --score-log PATH`` (and
+The score log (``vigil.serving.scorelog``) is the stream ``vigil watch --score-log PATH`` (and
 ``vigil serve --score-log PATH``) append to. ``ScoreLogTail`` follows it by byte offset: complete
 lines only (a torn last line waits for its end), and a file that shrank (``copytruncate``) or was
 replaced (rotation by rename) is read again from its start. ``event_stream`` polls the tail every
@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from vigil.scheduling.scorelog import (
+from vigil.serving.scorelog import (
     IS_ANOMALY,
     LATEST_FILES,
     MODEL_VERSION,

@@ -90,7 +90,7 @@ class RegistryView:
     @staticmethod
     def _fetch(name: str, version: str) -> dict[str, Any]:
         from vigil.registry.promotion import TAG_GATE_PASSED, TAG_GATE_REASONS
-        from vigil.registry.tracking import connect
+        from vigil.tracking import connect
 
         empty: dict[str, Any] = {"tags": {}, "aliases": [], "registered_at": None, "rejected": []}
         try:

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from fastapi.templating import Jinja2Templates
 
 from vigil import __version__
-from vigil.scheduling.scorelog import LATEST_FILES, latest_dir
+from vigil.serving.scorelog import LATEST_FILES, latest_dir
 from vigil.serving import ServingConfig
 from vigil.serving.console.cycles import (
     CycleBusyError,

@@ -15,11 +15,11 @@ import pytest
 
 from vigil.scheduling import DriftConfig
 from vigil.scheduling.drift import check_drift, read_scores
-from vigil.scheduling.scorelog import FIELDS, ScoreLog
+from vigil.serving.scorelog import FIELDS, ScoreLog
 
 WRITER = """
 import sys
-from vigil.scheduling.scorelog import ScoreLog
+from vigil.serving.scorelog import ScoreLog
 with ScoreLog(sys.argv[1]) as log:
     for i in range(int(sys.argv[2])):
         log.write("m", sys.argv[3], [(0.001 * i, False)], 0.5)

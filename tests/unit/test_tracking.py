@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 
 from vigil.config import artifact_root
-from vigil.registry.tracking import ensure_experiment, experiment_artifact_location
+from vigil.tracking import ensure_experiment, experiment_artifact_location
 
 
 def _path(uri: str) -> Path:
