@@ -22,13 +22,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from vigil.config import artifact_root, project_root, tracking_uri
+from vigil import names
 
 #: URI schemes of tracking servers, which choose artifact locations themselves.
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 ARTIFACT_DIR = "mlartifacts"
 #: The MLflow 3 UI opens an experiment by its kind: untagged ones open on the GenAI "Traces"
 #: page; ``custom_model_development`` opens on the training runs.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TAG = names.EXPERIMENT_KIND
 EXPERIMENT_KIND = "custom_model_development"
 
 

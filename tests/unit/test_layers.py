@@ -1,6 +1,6 @@
 """The package's layers: nothing in a lower layer imports a higher one (issue 11).
 
-Order, lowest first: base modules (``atomic``, ``redact``, ``threads``, ``config``,
+Order, lowest first: base modules (``atomic``, ``redact``, ``threads``, ``names``, ``config``,
 ``tracking``), ``data``, ``models``, ``detector``, ``training``, ``sweep``, ``evaluation``,
 ``registry``, ``serving``, ``scheduling``, then the ``vigil`` command (``cli``). Imports are read
 from the source (top level and inside functions), so a lazy import counts too.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS = [
-    {"atomic", "redact", "threads", "config", "tracking"},
+    {"atomic", "redact", "threads", "names", "config", "tracking"},
     {"data"},
     {"models"},
     {"detector"},

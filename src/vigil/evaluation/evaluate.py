@@ -42,6 +42,7 @@ from vigil.evaluation.outputs import (
 )
 from vigil.evaluation.report import render_report, write_report
 from vigil.evaluation.splits import SplitScores, hash_test_split, score_split
+from vigil import names
 
 DETECTOR_DIR = "detector"  # models/<dataset>/detector/: the calibrated detector
 TRAIN_RUN_FILE = "train.json"
@@ -50,7 +51,7 @@ REPORT_DIR = "evaluation"
 REPORT_FILE = "report.html"
 MLFLOW_ARTIFACT_DIR = "evaluation"
 TEST_SPLIT_HASH = "test_split_hash"  # key in metrics.json / detector.json, gate input
-TEST_SPLIT_TAG = "vigil.test_split_hash"  # the same on the training run
+TEST_SPLIT_TAG = names.TEST_SPLIT_HASH  # the same on the training run
 
 
 class EvaluationError(ValueError):
@@ -183,12 +184,12 @@ def log_to_mlflow(
 
     client = connect()
     now = int(time.time() * 1000)
-    batch = [Metric(f"test_{k}", float(v), now, 0) for k, v in metrics.items()]
+    batch = [Metric(f"{names.TEST_METRIC_PREFIX}{k}", float(v), now, 0) for k, v in metrics.items()]
     for start in range(0, len(batch), 200):
         client.log_batch(run_id, metrics=batch[start : start + 200])
     for path in files:
         client.log_artifact(run_id, str(path), MLFLOW_ARTIFACT_DIR)
-    client.set_tag(run_id, "vigil.report", f"{MLFLOW_ARTIFACT_DIR}/{REPORT_FILE}")
+    client.set_tag(run_id, names.REPORT, f"{MLFLOW_ARTIFACT_DIR}/{REPORT_FILE}")
     client.set_tag(run_id, TEST_SPLIT_TAG, split_hash)
 
 

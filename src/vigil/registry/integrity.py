@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHECKSUM_TAG = "vigil.package_sha256"
-SIGNATURE_TAG = "vigil.signature"
-BASIS_TAG = "vigil.promotion_basis"  # gate | forced: why this version may serve
+from vigil import names
+
+CHECKSUM_TAG = names.PACKAGE_SHA256
+SIGNATURE_TAG = names.SIGNATURE
+BASIS_TAG = names.PROMOTION_BASIS
 KEY_ENV = "VIGIL_SIGNING_KEY"
 
 
@@ -102,9 +104,9 @@ class Release:
     def from_tags(cls, name: str, version: str, tags: dict[str, str]) -> Release:
         basis = tags.get(BASIS_TAG)
         if basis is None:  # versions recorded before the basis tag existed
-            if tags.get("vigil.forced_by"):
+            if tags.get(names.FORCED_BY):
                 basis = "forced"
-            elif tags.get("vigil.gate.passed") == "true":
+            elif tags.get(names.GATE_PASSED) == "true":
                 basis = "gate"
         return cls(name, str(version), tags.get(CHECKSUM_TAG), basis, tags.get(SIGNATURE_TAG))
 

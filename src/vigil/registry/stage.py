@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.registry.decision import Decision
+from vigil import names
 
 DECISION_FILE = "decision.json"
 
@@ -52,7 +53,7 @@ def lineage(run_id: str, dataset: str, modality: str, data_dir: Path) -> dict[st
     import mlflow
 
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
-    commit, data_hash = tags.get("vigil.git_commit"), tags.get("vigil.data_hash")
+    commit, data_hash = tags.get(names.GIT_COMMIT), tags.get(names.DATA_HASH)
     if not commit:
         from vigil.training.tracking import git_commit
 
@@ -126,7 +127,7 @@ def publish_registered_report(
     if not path.is_file():
         return None
     try:
-        artifact = client.get_run(run_id).data.tags.get("vigil.report") or "evaluation/report.html"
+        artifact = client.get_run(run_id).data.tags.get(names.REPORT) or "evaluation/report.html"
         client.log_text(run_id, with_registration(path.read_text(), decision), artifact)
     except Exception as error:  # noqa: BLE001 - the verdict is already recorded
         print(f"  (the report in the MLflow run was not updated: {type(error).__name__}: {error})")

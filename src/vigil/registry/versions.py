@@ -21,25 +21,26 @@ from mlflow.tracking import MlflowClient
 from vigil.registry.gate import SETTINGS_KEY
 from vigil.registry.integrity import CHECKSUM_TAG, package_checksum
 from vigil.registry.package import LoggedPackage
+from vigil import names
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-METRIC_TAG_PREFIX = "vigil.metric."
-TAG_GATE_PASSED = "vigil.gate.passed"
-TAG_GATE_REASONS = "vigil.gate.reasons"
-TAG_GATE_CRITERIA = "vigil.gate.criteria"
-TAG_GATE_SETTINGS = "vigil.gate.settings"  # JSON of the gate settings used
-TAG_GATE_SETTINGS_HASH = "vigil.gate.settings_hash"  # the gate reads it back from a champion
+METRIC_TAG_PREFIX = names.METRIC_PREFIX
+TAG_GATE_PASSED = names.GATE_PASSED
+TAG_GATE_REASONS = names.GATE_REASONS
+TAG_GATE_CRITERIA = names.GATE_CRITERIA
+TAG_GATE_SETTINGS = names.GATE_SETTINGS  # JSON of the gate settings used
+TAG_GATE_SETTINGS_HASH = names.GATE_SETTINGS_HASH  # the gate reads it back from a champion
 #: ``pending`` from creation until the decision is recorded, then ``recorded``; ``orphaned`` when
 #: a later run finds a version whose registration was interrupted before its decision.
-TAG_DECISION_STATE = "vigil.decision.state"
-TAG_PROMOTION_ALLOWED = "vigil.promotion.allowed"
-TAG_PROMOTION_POLICY = "vigil.promotion.policy"
-TAG_PROMOTION_WHY = "vigil.promotion.why"
-TAG_DVC_EXPERIMENT = "vigil.dvc_experiment"
-TAG_FORCED_BY = "vigil.forced_by"
-TAG_FORCE_REASON = "vigil.force_reason"
-TAG_FORCED_AT = "vigil.forced_at"
+TAG_DECISION_STATE = names.DECISION_STATE
+TAG_PROMOTION_ALLOWED = names.PROMOTION_ALLOWED
+TAG_PROMOTION_POLICY = names.PROMOTION_POLICY
+TAG_PROMOTION_WHY = names.PROMOTION_WHY
+TAG_DVC_EXPERIMENT = names.DVC_EXPERIMENT
+TAG_FORCED_BY = names.FORCED_BY
+TAG_FORCE_REASON = names.FORCE_REASON
+TAG_FORCED_AT = names.FORCED_AT
 MAX_TAG_VALUE = 5000
 #: Lineage keys the gate reads back from a champion's ``vigil.<key>`` tags.
 LINEAGE_HASHES = ("data_hash", "test_split_hash")
@@ -78,7 +79,7 @@ def registry_errors(step: str) -> Iterator[None]:
 
 
 def model_name(prefix: str, dataset: str, modality: str) -> str:
-    return f"{prefix}-{dataset}-{modality}"
+    return names.model_name(prefix, dataset, modality)
 
 
 def is_number(value: Any) -> bool:
@@ -136,8 +137,8 @@ def candidate_tags(
         TAG_GATE_REASONS: "; ".join(gate.reasons)[:MAX_TAG_VALUE],
         TAG_GATE_CRITERIA: "; ".join(getattr(gate, "criteria", []))[:MAX_TAG_VALUE],
         CHECKSUM_TAG: package.checksum,
-        "vigil.threshold": repr(package.threshold),
-        "vigil.weights_sha256": package.weights_sha256,
+        names.THRESHOLD: repr(package.threshold),
+        names.WEIGHTS_SHA256: package.weights_sha256,
     }
     if getattr(gate, "settings_hash", None):
         tags[TAG_GATE_SETTINGS_HASH] = str(gate.settings_hash)

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vigil.config import read_yaml_mapping, validate_config
+from vigil import names
 
 DEFAULT_CONFIG = "configs/retrain.yaml"
 
@@ -91,7 +92,7 @@ class RetrainConfig(_Strict):
     records: str = "reports/retrain"
     state_dir: str = ".vigil"
     max_model_age_days: float | None = Field(None, gt=0)  # None: never retrain on age alone
-    mlflow_experiment: str = "vigil-retrain"
+    mlflow_experiment: str = names.RETRAIN_EXPERIMENT
     lock: LockConfig = LockConfig()
     schedule: ScheduleConfig = ScheduleConfig(cron="0 2 * * *")
     repro: ReproConfig = ReproConfig()

@@ -13,6 +13,7 @@ from typing import Any
 from vigil.atomic import atomic_write
 from vigil.redact import redact, redact_obj
 from vigil.scheduling import RetrainConfig
+from vigil import names
 
 RECORD_MODE = 0o600  # records quote errors, which may name hosts and paths: owner only
 
@@ -95,7 +96,7 @@ def log_record_to_mlflow(cfg: RetrainConfig, record: dict[str, Any]) -> str:
     metrics = [
         Metric(f"duration_{k}_s", float(v), now, 0) for k, v in record["durations_s"].items()
     ]
-    tags = [RunTag("vigil.stage", "retrain"), RunTag("vigil.cycle_id", record["cycle_id"])]
+    tags = [RunTag(names.STAGE, "retrain"), RunTag(names.CYCLE_ID, record["cycle_id"])]
     for d, entry in record["datasets"].items():
         metrics.append(Metric(f"{d}.ingested", float(entry.get("ingested", 0)), now, 0))
         metrics.append(Metric(f"{d}.quarantined", float(len(entry.get("quarantined", {}))), now, 0))

@@ -34,6 +34,7 @@ from vigil.models.spec import build_model, model_spec, save_trained
 from vigil.tracking import connect, ensure_experiment
 from vigil.training import tracking
 from vigil.training.resume import fingerprint, resume_checkpoint, write_state
+from vigil import names
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class FitResult:
 
 
 def experiment_name(dataset: str) -> str:
-    return f"vigil-{dataset}"
+    return names.experiment_name(dataset)
 
 
 def dataset_model_config(
@@ -155,14 +156,14 @@ def fit(
 
     experiment_id = ensure_experiment(experiment_name(data.name))
     tags = {
-        "vigil.git_commit": tracking.git_commit(Path(__file__).parent),
-        "vigil.data_hash": str(data.content_hash),
-        "vigil.dataset": data.name,
-        "vigil.modality": modality,
-        "vigil.stage": "sweep-trial" if parent_run_id else "train",
+        names.GIT_COMMIT: tracking.git_commit(Path(__file__).parent),
+        names.DATA_HASH: str(data.content_hash),
+        names.DATASET: data.name,
+        names.MODALITY: modality,
+        names.STAGE: "sweep-trial" if parent_run_id else "train",
     }
     if resumed_from:
-        tags["vigil.resumed_from"] = resumed_from
+        tags[names.RESUMED_FROM] = resumed_from
     run_id = tracking.start_run(
         client, experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags
     )
@@ -207,7 +208,7 @@ def _train_and_save(
     n_params = sum(p.numel() for p in model.parameters())
     client.log_metric(run_id, "n_params", n_params)
     client.log_metric(run_id, "encoding_size", int(enc[0] * enc[1] * enc[2]))
-    client.set_tag(run_id, "vigil.encoding_shape", "x".join(str(d) for d in enc))
+    client.set_tag(run_id, names.ENCODING_SHAPE, "x".join(str(d) for d in enc))
 
     module = plan.module
     clip_len = plan.frames_per_sample if data.modality == "video" else None

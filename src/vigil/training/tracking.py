@@ -27,8 +27,9 @@ from vigil.data.prepared import PreparedDataset
 from vigil.data.preprocess import to_tensor
 from vigil.tracking import flatten, iter_chunks
 from vigil.data.torch_datasets import clip_windows
+from vigil import names
 
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = names.PARENT_RUN
 
 
 def git_commit(root: Path | str | None = None) -> str:
@@ -118,7 +119,7 @@ def finish_run(client: MlflowClient, run_id: str, error: BaseException | None) -
         return
     pruned = type(error).__name__ == "TrialPruned"
     status = RunStatus.KILLED if pruned else RunStatus.FAILED
-    client.set_tag(run_id, "vigil.error", f"{type(error).__name__}: {error}"[:5000])
+    client.set_tag(run_id, names.ERROR, f"{type(error).__name__}: {error}"[:5000])
     client.set_terminated(run_id, RunStatus.to_string(status))
 
 
