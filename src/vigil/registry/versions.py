@@ -204,7 +204,10 @@ def verify_version(
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         except Exception as error:
-            raise PromotionError(f"cannot download {uri} to verify it: {error}") from error
+            detail = " ".join(str(error).split())  # one line, whatever the server answered
+            raise PromotionError(
+                f"{name} version {version}: cannot download {uri} to verify it: {detail}"
+            ) from error
         actual = package_checksum(local)
     if actual != expected:
         raise PromotionError(
