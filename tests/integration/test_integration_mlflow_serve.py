@@ -14,7 +14,10 @@ import numpy as np
 import torch
 
 from tests.conftest import free_port, wait_until_ok
-from vigil.config import EvaluateConfig, GateConfig, ImageModelConfig, ImagePrep
+from vigil.config import EvaluateConfig, GateConfig, ImagePrep
+from vigil.detector import Detector, DetectorRecord
+from vigil.models.conv_ae.config import ConvAEConfig
+from vigil.models.spec import build_model, model_spec
 from vigil.registry import package as pkg
 from vigil.registry import promotion as pro
 
@@ -25,6 +28,9 @@ GOOD = {
     "recall_at_threshold": 0.9,
     "recall_at_precision": 0.9,
     "image_auroc": 0.99,
+    "false_alarm_rate": 0.0,
+    "target_precision": 0.9,
+    "threshold": 0.01,
 }
 
 
@@ -34,24 +40,25 @@ def raw_images(n: int) -> list[bytes]:
     return [pkg.encode_png(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def detector_dir(folder: Path, cfg: ConvAEConfig, threshold: float = 0.01) -> Path:
+    """A tiny untrained conv-AE saved as the evaluate stage saves a calibrated detector."""
+    spec = model_spec("conv_ae", 3, PREP.size, cfg, prep=PREP)
+    torch.manual_seed(0)
+    record = DetectorRecord(
+        spec=spec, postprocess=POST, threshold=threshold, pixel_threshold=0.01
+    )
+    return Detector(build_model(spec), record).save(folder)
+
+
 
 
 
 
 def test_mlflow_models_serve_champion_gives_in_process_scores(mlflow_store, tmp_path):
-    from vigil.models import build_model, model_spec, save_trained
-
-    spec = model_spec(
-        "image", 3, PREP.size, ImageModelConfig(depth=2, filters=4, latent_channels=4), prep=PREP
-    )
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    save_trained(model_dir, build_model(spec), spec)
-    (model_dir / "threshold.json").write_text(
-        json.dumps({"threshold": 0.01, "pixel_threshold": 0.01})
-    )
+    model_dir = detector_dir(tmp_path / "detector", ConvAEConfig(depth=2, filters=4,
+                                                                  latent_channels=4))
     with mlflow.start_run() as run:
-        logged = pkg.log_package(model_dir, prep=PREP, postprocess=POST, run_id=run.info.run_id)
+        logged = pkg.log_package(model_dir, run_id=run.info.run_id)
     client = mlflow.MlflowClient()
     decision = pro.register_candidate(client, "vigil-serve-image", logged, GOOD, GateConfig(), {})
     assert decision.promoted
@@ -123,14 +130,9 @@ def test_package_loads_without_vigil_installed(tmp_path):
     """The bundled code/vigil is enough: a python that cannot import vigil scores with it."""
     import site
 
-    from vigil.models import build_model, model_spec, save_trained
-
-    spec = model_spec(
-        "image", 3, PREP.size, ImageModelConfig(depth=1, filters=2, latent_channels=2), prep=PREP
-    )
-    save_trained(tmp_path / "model", build_model(spec), spec)
-    (tmp_path / "model" / "threshold.json").write_text(json.dumps({"threshold": 0.01}))
-    out = pkg.save_package(tmp_path / "pkg", tmp_path / "model", prep=PREP, postprocess=POST)
+    folder = detector_dir(tmp_path / "detector", ConvAEConfig(depth=1, filters=2,
+                                                              latent_channels=2))
+    out = pkg.save_package(tmp_path / "pkg", folder)
     expected = mlflow.pyfunc.load_model(str(out)).predict(pkg.images_frame(raw_images(2)))["score"]
     script = (
         "import importlib.util, sys, json, numpy as np, mlflow\n"

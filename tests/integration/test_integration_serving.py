@@ -22,14 +22,9 @@ import pytest
 import torch
 
 from tests.conftest import free_port, wait_until_ok
-from vigil.config import (
-    EvaluateConfig,
-    ImageModelConfig,
-    ImagePrep,
-    PrintGen,
-    VideoModelConfig,
-    VideoPrep,
-)
+from vigil.config import EvaluateConfig, ImagePrep, PrintGen, VideoPrep
+from vigil.models.conv_ae.config import ConvAEConfig
+from vigil.models.convlstm.config import ConvLSTMConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_MAIN = "import sys; from vigil.cli import main; sys.exit(main())"
@@ -41,10 +36,10 @@ POSTPROCESS = EvaluateConfig(median_blur=3, smoothing_window=3, score="topk_mean
 def _train_predictor(clips: np.ndarray, prep: VideoPrep, steps: int) -> torch.nn.Module:
     """A tiny FramePredictor trained on normal clips uint8 (K, T, h, w, C) for ``steps`` steps."""
     from vigil.data.preprocess import to_tensor
-    from vigil.models import build_model, model_spec
+    from vigil.models.spec import build_model, model_spec
 
-    cfg = VideoModelConfig(encoder_depth=2, filters=8, hidden_channels=8)
-    spec = model_spec("video", prep.channels, prep.size, cfg, prep=prep)
+    cfg = ConvLSTMConfig(encoder_depth=2, filters=8, hidden_channels=8)
+    spec = model_spec("convlstm", prep.channels, prep.size, cfg, prep=prep)
     torch.manual_seed(0)
     model = build_model(spec).train()
     k, t = clips.shape[:2]
@@ -71,8 +66,7 @@ def _preprocess(frames_bgr: np.ndarray, prep: VideoPrep) -> np.ndarray:
 
 def test_watch_flags_the_injected_anomalies_of_a_print_video(tmp_path, capsys):
     from vigil.data.synthetic.melt_pool import render_clip, write_video
-    from vigil.evaluation.scoring import score_video
-    from vigil.models import save_trained
+    from vigil.detector import Detector, DetectorRecord
     from vigil.registry.package import stage_artifacts
     from vigil.cli import main
 
@@ -83,14 +77,12 @@ def test_watch_flags_the_injected_anomalies_of_a_print_video(tmp_path, capsys):
         [c for video in normal[:3] for c in _preprocess(video, prep).reshape(8, 8, 32, 32, 1)]
     )
     model = _train_predictor(clips, prep, steps=60)
-    held_out = score_video(model, _preprocess(normal[3], prep), prep, POSTPROCESS).scores
+    detector = Detector(model, DetectorRecord(spec=model.spec, postprocess=POSTPROCESS))
+    held_out = detector.score_clips([_preprocess(normal[3], prep)])[0].scores
     threshold = float(np.nanmax(held_out)) * 1.3  # above everything normal, as calibration would
-    model_dir = tmp_path / "model"
-    save_trained(model_dir, model, model.spec)
-    (model_dir / "threshold.json").write_text(
-        json.dumps({"threshold": threshold, "pixel_threshold": threshold})
-    )
-    package = stage_artifacts(model_dir, tmp_path / "package", prep=prep, postprocess=POSTPROCESS)
+    detector = detector.calibrated(threshold=threshold, pixel_threshold=threshold)
+    detector_dir = detector.save(tmp_path / "detector")
+    package = stage_artifacts(detector_dir, tmp_path / "package")
 
     frames, _, events = render_clip(7, "testing", 0, gen, kinds=("blob", "spark_shower"))
     video = tmp_path / "line.avi"
@@ -130,26 +122,25 @@ def test_watch_flags_the_injected_anomalies_of_a_print_video(tmp_path, capsys):
 def _register_tiny_image_model(root: Path, name: str) -> str:
     import mlflow
 
-    from vigil.models import build_model, model_spec, save_trained
+    from vigil.detector import Detector, DetectorRecord
+    from vigil.models.spec import build_model, model_spec
     from vigil.registry.integrity import BASIS_TAG, CHECKSUM_TAG
     from vigil.registry.package import log_package
 
     prep = ImagePrep(size=(32, 32), channels=3)
     spec = model_spec(
-        "image", 3, prep.size, ImageModelConfig(depth=2, filters=4, latent_channels=4), prep=prep
+        "conv_ae", 3, prep.size, ConvAEConfig(depth=2, filters=4, latent_channels=4), prep=prep
     )
     torch.manual_seed(0)
-    save_trained(root / "model", build_model(spec), spec)
-    (root / "model" / "threshold.json").write_text(
-        json.dumps({"threshold": 0.05, "pixel_threshold": 0.05})
+    record = DetectorRecord(
+        spec=spec, postprocess=POSTPROCESS, threshold=0.05, pixel_threshold=0.05
     )
+    detector_dir = Detector(build_model(spec), record).save(root / "detector")
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("serving-it", artifact_location=(root / "store").as_uri())
     mlflow.set_experiment(experiment_id=experiment)  # logged models follow it, not the run
     with mlflow.start_run(experiment_id=experiment) as run:
-        logged = log_package(
-            root / "model", prep=prep, postprocess=POSTPROCESS, run_id=run.info.run_id
-        )
+        logged = log_package(detector_dir, run_id=run.info.run_id)
     version = mlflow.register_model(logged.model_uri, name).version
     client.set_model_version_tag(name, version, CHECKSUM_TAG, logged.checksum)
     client.set_model_version_tag(name, version, BASIS_TAG, "gate")  # may serve
