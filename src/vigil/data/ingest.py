@@ -351,7 +351,10 @@ def scan_video(
     if not root.is_dir():
         raise IngestError(f"{root}: source folder does not exist")
     train, ignored = _scan_clips(root, "train")
-    if extra_dir is not None and extra_dir.is_dir() and any(extra_dir.iterdir()):
+    # a fresh clone's data/extra/<d>/ holds only .gitkeep: no extra items
+    if extra_dir is not None and extra_dir.is_dir() and any(
+        not p.name.startswith(".") for p in extra_dir.iterdir()
+    ):
         extra, skipped = _scan_clip_folder(extra_dir, extra_dir, "train", EXTRA_PREFIX)
         train += extra
         ignored += skipped

@@ -131,6 +131,16 @@ def test_scan_video_files_and_frame_folders_with_labels(tmp_path):
     )
 
 
+def test_scan_video_extra_folder_with_only_gitkeep_adds_nothing(tmp_path):
+    """A fresh clone's data/extra/print/ holds only the tracked .gitkeep: not an error."""
+    root = _video_dataset(tmp_path / "v")
+    extra = tmp_path / "extra" / "print"
+    extra.mkdir(parents=True)
+    (extra / ".gitkeep").touch()
+    with_extra = scan_video(root, extra_dir=extra)
+    assert with_extra.clips == scan_video(root).clips
+
+
 def test_scan_video_label_errors_name_the_csv(tmp_path):
     root = _video_dataset(tmp_path / "v")
     csv = root / "testing" / "frame_labels.csv"
