@@ -235,6 +235,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="clone here and keep it (default: a temp dir)")
     parser.add_argument("--timeout", type=float, default=5400, help="seconds per command")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
 
     commands = readme_commands((REPO / "README.md").read_text())
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="vigil-readme-"))
