@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N] [--device cuda]
 
-For the default image model (ConvAutoencoder, 3 channels) and video model (FramePredictor,
-1 channel) of params.yaml, at each size and at batch 1 and 32:
+For the default image and video model families of params.yaml (``model.image_family`` /
+``model.video_family`` with their ``model.<family>`` knobs), at each size and at batch 1 and 32:
 
 - inference frames/s: image = ``to_tensor`` + model + heat-map post-processing
-  (``vigil.evaluation.postprocess.smooth_map`` + ``image_score``, when that module is present);
-  video = one streaming ``step`` per frame for a batch of streams, error map included;
+  (``vigil.detector.postprocess.smooth_map`` + ``image_score``, when that module is present);
+  video = one ``stream`` step per frame for a batch of streams, error map included;
 - training images/s: forward + backward + Adam step (video: clips of ``prepare.video.clip_len``,
   counted in frames);
 - peak memory (RSS high-water of the worker process that ran that model and size);
@@ -95,20 +95,21 @@ def machine_peaks(seconds: float) -> dict[str, float]:
 
 def build(modality: str, size: int):
     from vigil.config import load_params
-    from vigil.models import build_model, model_spec
+    from vigil.models.spec import build_model, model_spec
 
     params = load_params(ROOT / "params.yaml")
     prep = params.prepare.image if modality == "image" else params.prepare.video
     prep = prep.model_copy(update={"size": (size, size)})
-    cfg = params.model.image if modality == "image" else params.model.video
-    spec = model_spec(modality, prep.channels, (size, size), cfg, prep=prep)
+    family = params.model.family_name(modality)
+    cfg = params.model.family_config(family)
+    spec = model_spec(family, prep.channels, (size, size), cfg, prep=prep)
     return build_model(spec).to(DEVICE), prep, params
 
 
 def heat_map_postprocess(params):
     """(error maps (N, H, W) -> scores) of the evaluation module, or None when it is absent."""
     try:
-        from vigil.evaluation.postprocess import image_score, smooth_map
+        from vigil.detector.postprocess import image_score, smooth_map
     except ImportError:
         return None
     cfg = params.evaluate
@@ -153,15 +154,19 @@ def bench_video(size: int, batches: list[int], seconds: float) -> list[dict]:
     for batch in batches:
         frame = torch.rand(batch, prep.channels, size, size, device=DEVICE)
         model.eval()
-        state = [model.init_state(batch, size, size)]
+        with torch.inference_mode():  # a started stream: every later step gives a frame's map
+            state = [model.stream(frame, None)[1]]
+            while True:
+                output, state[0] = model.stream(frame, state[0])
+                if output is not None:
+                    break
 
         def infer():
             with torch.inference_mode():
-                pred, state[0] = model.step(frame, state[0])
-                (pred - frame).pow(2).mean(dim=1)  # the frame's error map
+                _, state[0] = model.stream(frame, state[0])  # the family's step, error map incl.
 
         with torch.inference_mode():
-            flops = count_flops(lambda: model.step(frame, None))
+            flops = count_flops(infer)
         infer_rate = timed_rate(infer, batch, seconds)
         clips = torch.rand(batch, clip_len, prep.channels, size, size, device=DEVICE)
         train_rate, train_flops = bench_training(model, clips, batch * clip_len, seconds)

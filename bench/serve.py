@@ -40,30 +40,27 @@ import vigil  # noqa: E402,F401  (first: OpenMP defaults before torch loads, see
 
 
 def build_default_package(root: Path, modality: str) -> Path:
-    """A package folder (package.json, model.json, weights) of params.yaml's default model."""
+    """A package's artifact folder (a calibrated detector: detector.json + weights) of
+    params.yaml's default model family for ``modality`` (untrained, threshold 0.01)."""
     import torch
 
     from vigil.config import load_params
-    from vigil.models import build_model, model_spec, save_trained
+    from vigil.detector import Detector, DetectorRecord
+    from vigil.models.spec import build_model, model_spec
     from vigil.registry.package import stage_artifacts
 
     params = load_params(ROOT / "params.yaml")
     prep = params.prepare.image if modality == "image" else params.prepare.video
-    cfg = params.model.image if modality == "image" else params.model.video
-    spec = model_spec(modality, prep.channels, prep.size, cfg, prep=prep)
+    family = params.model.family_name(modality)
+    cfg = params.model.family_config(family)
+    spec = model_spec(family, prep.channels, prep.size, cfg, prep=prep)
     torch.manual_seed(0)
-    model_dir = root / f"train-{modality}"
-    save_trained(model_dir, build_model(spec), spec)
-    (model_dir / "threshold.json").write_text(
-        json.dumps({"threshold": 0.01, "pixel_threshold": 0.01})
-    )
-    return stage_artifacts(
-        model_dir,
-        root / f"package-{modality}",
-        prep=prep,
-        postprocess=params.evaluate,
+    record = DetectorRecord(
+        spec=spec, postprocess=params.evaluate, threshold=0.01, pixel_threshold=0.01,
         dataset=f"bench-{modality}",
     )
+    detector_dir = Detector(build_model(spec), record).save(root / f"detector-{modality}")
+    return stage_artifacts(detector_dir, root / f"package-{modality}")
 
 
 def free_port() -> int:

@@ -117,6 +117,7 @@ def tiny_dataset(root: Path, size: int = 32) -> Path:
     manifest = {
         "dataset": "tiny", "modality": "image", "source": "tests/tiny",
         "content_hash": "1" * 64, "items": items,
+        "params": {"prep": {"size": [32, 32], "channels": 3}},  # what the frames went through
     }  # fmt: skip
     return write_prepared(root, frames_a, np.stack(masks), manifest)
 
@@ -126,7 +127,7 @@ def tiny_params() -> Params:
     return parse_params({
         "data": {"datasets": {"tiny": {"source": "tests/tiny", "modality": "image"}}},
         "prepare": {"image": {"size": [32, 32], "channels": 3}},
-        "model": {"image": {"depth": 2, "filters": 8, "latent_channels": 4}},
+        "model": {"conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4}},
         "train": {
             "max_epochs": 1, "batch_size": 8, "accelerator": "cpu", "log_images_every_n_epochs": 1,
         },
@@ -152,7 +153,7 @@ def test_fit_logs_a_complete_run_to_an_mlflow_server(mlflow_server, tracking_env
     experiment = rest(url, "experiments/get", experiment_id=run["info"]["experiment_id"])
     assert experiment["experiment"]["name"] == "vigil-tiny"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert params["model.image.depth"] == "2" and params["data.dataset"] == "tiny"
+    assert params["model.conv_ae.depth"] == "2" and params["data.dataset"] == "tiny"
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     for name in ("train_loss", "val_loss", "encoding_size", "wall_time_s"):
         assert metrics[name] > 0, name
