@@ -54,7 +54,7 @@ def test_unreachable_tracking_store(tmp_path, monkeypatch, capsys):
 def test_no_completed_trial(mlflow_store, tmp_path, capsys):
     """Every trial fails (images too small for the depth): a SweepError, reported."""
     space = tmp_path / "too_deep.yaml"
-    space.write_text("image:\n  depth: {choices: [6]}\n")  # 16x16 images need depth <= 4
+    space.write_text("conv_ae:\n  depth: {choices: [6]}\n")  # 16x16 images need depth <= 4
     code, err = _run(tmp_path, capsys, n_trials=1, space=str(space))
     assert code == 2
     assert "no completed trial" in _one_error_line(err)

@@ -217,7 +217,10 @@ def test_video_sweep_one_trial(mlflow_store, tmp_path):
         {
             "data": {"datasets": {"tinysweepvid": {"source": "tests", "modality": "video"}}},
             "prepare": {"video": {"size": [16, 16], "channels": 1, "clip_len": 4}},
-            "model": {"convlstm": {"encoder_depth": 1, "filters": 4, "hidden_channels": 4}},
+            "model": {
+                "video_family": "convlstm",
+                "convlstm": {"encoder_depth": 1, "filters": 4, "hidden_channels": 4},
+            },
             "train": {"max_epochs": 1, "batch_size": 4, "accelerator": "cpu"},
             "sweep": {
                 "n_trials": 1,
