@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vigil.config import ConfigError, load_params
     from vigil.data.prepared import PreparedDataError
+    from vigil.detector import DetectorError
     from vigil.evaluation.evaluate import EvaluationError, evaluate, summary_lines
     from vigil.evaluation.metrics import MetricsInputError
     from vigil.models.spec import ModelSpecError
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out or Path("reports") / args.dataset,
             log_mlflow=not args.no_mlflow,
         )
-    except (ConfigError, PreparedDataError, ModelSpecError, EvaluationError, MetricsInputError,
-            TrackingError) as error:
+    except (ConfigError, PreparedDataError, ModelSpecError, DetectorError, EvaluationError,
+            MetricsInputError, TrackingError, ValueError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(args.dataset, result)))
