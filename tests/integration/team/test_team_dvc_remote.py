@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.team_stores import S3Store
 
@@ -41,6 +42,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # S3 server start + dvc push/pull: over a minute on a busy 2-core box
 def test_dvc_push_on_one_machine_pull_on_another(team_s3: S3Store, tmp_path):
     env = machine_env(team_s3, tmp_path)
     a = tmp_path / "machine-a"

@@ -46,6 +46,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("vigil ")]
 
 
+@pytest.mark.slow  # the session's servers + one package through them: minutes on 2 cores
 def test_register_and_pull_through_the_team_server(team_env, team_mlflow, team_s3, team_package,
                                                    tmp_path):
     client = mlflow.MlflowClient(team_mlflow.url)
