@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from conftest import shared_dataset
+from tests.conftest import shared_dataset
 
 from vigil.config import DatasetSpec, PrepareConfig
 from vigil.data.prepare import prepare_dataset
