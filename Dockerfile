@@ -26,6 +26,9 @@ RUN pip install .
 
 # --- runtime stage: the environment only, no compilers, not root ---------------------------------
 FROM python:${PYTHON}-slim
+# git: the schedule service runs `dvc repro`, which needs it
+RUN apt-get update && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin vigil
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
