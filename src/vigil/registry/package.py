@@ -29,7 +29,7 @@ Design decisions:
   and, with ``params={"return_heatmap": True}``, ``heatmap`` (base64 PNG of the colorized
   overlay, BGR as OpenCV writes it).
 - **Video models** score the rows of one request as one clip, in order, state carried from frame
-  to frame and the score smoothed by ``vigil.evaluation.scoring.score_video``; each request
+  to frame and the score smoothed by ``Detector.score_clips`` (as a live stream); each request
   starts from a fresh state.
 - **One detector, stored once:** the package's artifacts are the ``Detector`` folder the
   evaluate stage wrote; the pyfunc, ``vigil serve`` and ``vigil watch`` load it with
