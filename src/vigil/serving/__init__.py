@@ -72,6 +72,9 @@ class ConsoleSettings(Strict):
 class ServingConfig(Strict):
     # JSONL score log for the drift trigger (vigil.serving.scorelog); None: off
     score_log: str | None = None
+    # several models on one box: "NAME" or "NAME@ALIAS" each, served on /models/NAME/...
+    # (vigil.serving.multi); `vigil serve --model` replaces this list
+    models: list[str] = []
     server: ServerSettings = ServerSettings()
     follow: FollowSettings = FollowSettings()
     limits: LimitSettings = LimitSettings()

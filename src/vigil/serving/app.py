@@ -54,6 +54,7 @@ from vigil.redact import redact
 from vigil.serving import LimitSettings, ServingConfig
 from vigil.serving.docs import mount_offline_docs
 from vigil.serving.follow import ModelHolder
+from vigil.serving.multi import ModelSet, models_router
 from vigil.serving.inputs import InputError
 from vigil.serving.inputs import decode_all as _decode_all
 from vigil.serving.inputs import many_images as _many_images
@@ -104,10 +105,14 @@ _FILES_BODY = {
 }
 
 
-def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> FastAPI:
+def create_app(
+    holder: ModelHolder, config: ServingConfig | None = None, *, models: ModelSet | None = None
+) -> FastAPI:
     """The service answering with ``holder.current``; ``config`` gives limits, threads and the
-    optional score log (opened here, closed when the app shuts down)."""
+    optional score log (opened here, closed when the app shuts down). ``models``: every model of
+    the box, on ``/models/{name}/...`` (``vigil.serving.multi``; default: ``holder``'s alone)."""
     config = config or ServingConfig()
+    models = models or ModelSet.single(holder)
     torch.set_num_threads(config.server.torch_threads)
     executor = ThreadPoolExecutor(
         max_workers=config.server.max_concurrent_inference, thread_name_prefix="vigil-score"
@@ -170,6 +175,7 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
         return {
             **holder.current.info.as_dict(),
             "refused_versions": registry.refused or {},
+            "models": models.describe(),  # every model of the box, serving or refused
         }
 
     @app.post("/score", tags=["scoring"], dependencies=[auth], openapi_extra=_IMAGE_BODY)
@@ -226,6 +232,8 @@ def create_app(holder: ModelHolder, config: ServingConfig | None = None) -> Fast
     from vigil.serving.webhook import webhook_router  # POST /webhooks/mlflow: push following
 
     app.include_router(webhook_router())
+    app.state.models = models
+    app.include_router(models_router(models, run, auth, limits))  # /models/{name}/...
     return app
 
 

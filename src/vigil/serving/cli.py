@@ -69,6 +69,13 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, help="port (default: server.port in the config)")
     parser.add_argument("--no-follow", action="store_true", help="do not follow the alias")
     parser.add_argument("--poll-interval", type=float, help="seconds between alias checks")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME[@ALIAS]",
+        help="serve this registered model too, on /models/NAME/... (repeatable; default: models "
+        "in the config); the plain routes serve the first one unless --model-dir/--model-uri",
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -175,40 +182,51 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from vigil.serving import load_serving_config
     from vigil.serving.app import create_app
-    from vigil.serving.follow import AliasFollower, ModelHolder
+    from vigil.serving.follow import ModelHolder
     from vigil.serving.limits import uvicorn_options
+    from vigil.serving.multi import ModelSet, ServedModel, load_model, parse_model_refs
     from vigil.serving.pull import parse_model_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm in logs
     config = _with_score_log(args, load_serving_config(args.config))
-    scorer, source = _load(args, config, "serve")
-    if scorer is None:
-        return 1
-    holder = ModelHolder(scorer)
-    try:
-        app = create_app(holder, config)
-    except OSError as error:  # the score log cannot be opened
+    try:  # several models on one box: vigil.serving.multi
+        refs = parse_model_refs(
+            args.model or config.models,
+            config.follow.alias,
+            "--model" if args.model else f"{args.config}: models",
+        )
+    except ValueError as error:
         print(f"vigil serve: error: {error}", file=sys.stderr)
+        return 1
+    served = []
+    if not refs or args.model_dir is not None or args.model_uri:
+        scorer, source = _load(args, config, "serve")
+        if scorer is None:
+            return 1
+        alias = scorer.info.alias or config.follow.alias
+        if source.startswith("models:/"):
+            _, uri_alias, _ = parse_model_uri(source)
+            alias = uri_alias or alias
+        served.append(
+            ServedModel(scorer.info.name, alias, ModelHolder(scorer), model_dir=args.model_dir)
+        )
+    max_concurrent = config.server.max_concurrent_inference
+    served += [load_model(ref, max_concurrent=max_concurrent) for ref in refs]
+    try:
+        models = ModelSet(served)
+        app = create_app(models.default.holder, config, models=models)
+    except (ValueError, OSError) as error:  # nothing loaded; the score log cannot be opened
+        print(f"vigil serve: error: {redact(str(error))}", file=sys.stderr)
         return 1
     if config.score_log:
         log.info("appending scores to %s", config.score_log)
-    follower = None
-    alias = scorer.info.alias or config.follow.alias
-    if source.startswith("models:/"):
-        _, uri_alias, _ = parse_model_uri(source)
-        alias = uri_alias or alias
-    if config.follow.enabled and not args.no_follow and scorer.info.version != "local":
-        follower = AliasFollower(
-            holder,
-            scorer.info.name,
-            alias,
+    if config.follow.enabled and not args.no_follow:
+        # one follower thread per model; registry webhooks wake the one named (vigil.serving.webhook)
+        app.state.followers = models.start_following(
             interval_s=args.poll_interval or config.follow.poll_interval_s,
-            model_dir=args.model_dir,
-            max_concurrent=config.server.max_concurrent_inference,
+            max_concurrent=max_concurrent,
         )
-        follower.poll_once()  # sets readiness now; a newer version found here is swapped in
-        follower.start()
-        app.state.follower = follower  # registry webhooks wake it (vigil.serving.webhook)
+        app.state.follower = models.default.follower
     try:
         uvicorn.run(
             app,
@@ -218,8 +236,7 @@ def run_serve(args: argparse.Namespace) -> int:
             **uvicorn_options(config.server),  # keep-alive and request-head timeouts
         )
     finally:
-        if follower is not None:
-            follower.stop()
+        models.stop_following()
     return 0
 
 

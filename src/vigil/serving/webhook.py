@@ -94,10 +94,21 @@ def _ignored(reason: str) -> dict[str, str]:
     return {"status": "ignored", "reason": reason}
 
 
+def _followers(state: Any) -> list:
+    """The service's alias followers: ``state.followers`` (one per model, ``vigil.serving.multi``)
+    or the single ``state.follower``."""
+    followers = getattr(state, "followers", None)
+    if followers:
+        return list(followers)
+    follower = getattr(state, "follower", None)
+    return [follower] if follower is not None else []
+
+
 def webhook_router(secret: str | None = None) -> APIRouter:
     """The router serving ``POST /webhooks/mlflow``; ``secret`` defaults to ``$VIGIL_WEBHOOK_SECRET``
     (read once, when the app is built). The follower is ``request.app.state.follower`` (set by
-    ``vigil serve`` when it follows an alias; absent: events are ignored)."""
+    ``vigil serve`` when it follows an alias; absent: events are ignored), or, with several
+    models, the one of ``request.app.state.followers`` following the event's model and alias."""
     secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
     router = APIRouter(tags=["registry"])
 
@@ -115,12 +126,13 @@ def webhook_router(secret: str | None = None) -> APIRouter:
             raise HTTPException(422, "not an MLflow webhook event (JSON with entity, action, data)")
         if (entity, action) != EVENT:
             return JSONResponse(_ignored(f"event {entity}.{action} is not followed"), 200)
-        follower = getattr(request.app.state, "follower", None)
-        if follower is None:
+        followers = _followers(request.app.state)
+        if not followers:
             return JSONResponse(_ignored("this service does not follow an alias"), 200)
         name, alias = data.get("name"), data.get("alias")
-        if (name, alias) != (follower.name, follower.alias):
-            followed = f"{follower.name}@{follower.alias}"
+        follower = next((f for f in followers if (f.name, f.alias) == (name, alias)), None)
+        if follower is None:
+            followed = ", ".join(f"{f.name}@{f.alias}" for f in followers)
             return JSONResponse(_ignored(f"{name}@{alias} is not {followed}"), 200)
         log.info("registry webhook: %s@%s -> version %s; checking now", name, alias,
                  data.get("version"))
