@@ -306,6 +306,8 @@ class GateConfig(Strict):
     # production defect rate: when set, precision is judged at it (from recall and false-alarm
     # rate) instead of on the anomaly-heavy test split; None: the test split's own precision
     prevalence: float | None = Field(None, gt=0, lt=1)
+    # promote on synthetic anomalies (pasted into val) when the test split has no labelled ones
+    allow_synthetic_evidence: bool = False
 
 
 class RegisterConfig(Strict):

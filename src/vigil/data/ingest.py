@@ -2,11 +2,13 @@
 
 Nothing is decoded here (that is ``prepare``'s streaming loop); layout problems such as missing or
 empty folders, a test set without anomalies, or a labels CSV that does not match the frames are
-reported here, before any work, with the folder or file they concern.
+reported here, before any work, with the folder or file they concern. A source without labelled
+anomalies (``train/good`` alone, or with ``test/good`` only) is a normal-only dataset: prepare
+accepts it and warns (``vigil.data.prepare_manifest``).
 
 Layouts (the built-in generators write the same ones):
 
-- images, MVTec AD: ``<root>/train/good/*``, ``<root>/test/<defect|good>/*``,
+- images, MVTec AD: ``<root>/train/good/*``, ``<root>/test/<defect|good>/*`` (optional),
   ``<root>/ground_truth/<defect>/<stem>_mask.png`` (a defect type may have no masks at all, or
   miss some; those items get ``has_mask=False``).
 - video: ``<root>/training/`` (normal) and ``<root>/testing/`` (labelled), each holding video files
@@ -160,7 +162,7 @@ def scan_images(root: Path | str, extra_dir: Path | None = None) -> ImageSource:
     if not root.is_dir():
         raise IngestError(f"{root}: source folder does not exist")
     train_good = _require_dir(root / "train" / GOOD, "normal training images (train/good)")
-    test_dir = _require_dir(root / "test", "test images (test/<defect|good>)")
+    test_dir = root / "test"  # optional: a normal-only dataset may hold train/good alone
     records: list[ImageRecord] = []
     files, ignored = _list_files(train_good, IMAGE_EXTENSIONS, root)
     if not files:
@@ -168,9 +170,11 @@ def scan_images(root: Path | str, extra_dir: Path | None = None) -> ImageSource:
     records += [
         ImageRecord(p, origin_of(p, root), "train", 0, GOOD, None) for p in files
     ]
-    defect_dirs = sorted(p for p in _entries(test_dir) if p.is_dir() and not p.name.startswith("."))
-    if not defect_dirs:
-        raise IngestError(f"{test_dir}: no test/<defect|good> folders")
+    defect_dirs = []
+    if test_dir.is_dir():
+        defect_dirs = sorted(
+            p for p in _entries(test_dir) if p.is_dir() and not p.name.startswith(".")
+        )
     for folder in defect_dirs:
         files, skipped = _list_files(folder, IMAGE_EXTENSIONS, root)
         ignored += skipped
@@ -192,11 +196,6 @@ def scan_images(root: Path | str, extra_dir: Path | None = None) -> ImageSource:
         records += [
             ImageRecord(p, f"{EXTRA_PREFIX}/{p.name}", "train", 0, GOOD, None) for p in extra_files
         ]
-    if not any(r.label for r in records):
-        raise IngestError(
-            f"{test_dir}: the test set has no anomalies (only test/good); add at least one "
-            "test/<defect>/ folder with images"
-        )
     return ImageSource(root=root, records=tuple(records), ignored=tuple(ignored))
 
 

@@ -32,6 +32,9 @@ def _image_splits(records: tuple[ImageRecord, ...], cfg: PrepareConfig) -> list[
     ):
         splits[i] = split
     strata = [records[i].defect for i in test]
+    if len(test) < 2 and not any(records[i].label for i in test):
+        # normal-only: no test folder, or a single test/good image (it goes to test)
+        return [s or "test" for s in splits]
     for i, split in zip(
         test, split_labelled(strata, cfg.split.tune_fraction, cfg.split.seed, "images")
     ):

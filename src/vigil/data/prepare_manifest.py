@@ -34,8 +34,27 @@ def _counts(items: list[Item]) -> dict[str, Any]:
     return counts
 
 
-def _check_splits(name: str, counts: dict[str, Any]) -> None:
-    """After bad files are dropped, every split must still hold data (and tune/test anomalies)."""
+def _check_splits(name: str, counts: dict[str, Any], modality: str = "image") -> None:
+    """After bad files are dropped, every split must still hold data (and tune/test anomalies).
+
+    An image dataset without any labelled anomaly (``train/good`` alone, or with ``test/good``)
+    is normal-only: train and val must hold data, tune and test may be empty, and a warning says
+    what the gate will need."""
+    labelled = sum(counts[split]["anomalous"] for split in SPLITS)
+    if modality == "image" and labelled == 0:
+        for split in ("train", "val"):
+            if counts[split]["items"] == 0:
+                raise PrepareError(
+                    f"dataset {name!r}: split {split!r} is empty after dropping bad files"
+                )
+        log.warning(
+            "dataset %r: normal-only (no labelled anomalies): the sweep and evaluate use synthetic "
+            "anomalies pasted into val images, and the gate will need labelled anomalies: add "
+            "test/<defect>/ images with ground_truth/<defect>/<name>_mask.png masks, or set "
+            "gate.allow_synthetic_evidence: true",
+            name,
+        )
+        return
     for split in SPLITS:
         if counts[split]["items"] == 0:
             raise PrepareError(
@@ -60,7 +79,7 @@ def manifest_parts(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     counts = _counts(items)
-    _check_splits(name, counts)
+    _check_splits(name, counts, modality)
     counts["bad_files"] = len(bad.entries)
     counts["source_files"] = bad.total
     # the reference is the first decodable train frame: the first train row written
@@ -80,6 +99,7 @@ def manifest_parts(
         "counts": counts,
         "bad_files": bad.entries,
         "reference_index": reference_index,
+        "labelled_anomalies": sum(it.label for it in items),
         **extra,
         "items": [{name: getattr(it, name) for name in ITEM_FIELDS} for it in items],
     }

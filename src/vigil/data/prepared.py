@@ -15,7 +15,8 @@ calibration) and ``test`` (the gate) hold labelled normal and anomalous items.
 Manifest keys: ``dataset``, ``source`` (as configured), ``modality``, ``params`` (``prep``: the
 ``ImagePrep``/``VideoPrep`` used, ``split``, ``max_bad_fraction``), ``frame_shape``, ``counts``
 (per split: items, anomalous, with_mask, by_defect, clips; plus bad_files, source_files),
-``bad_files`` ([{origin, reason}]), ``reference_index`` (row of the alignment reference frame
+``bad_files`` ([{origin, reason}]), ``labelled_anomalies`` (anomalous items; 0: a normal-only
+dataset, whose tune and test splits are empty or normal), ``reference_index`` (row of the alignment reference frame
 when ``prep.align`` is set, else null: serving aligns to ``frames[reference_index]``),
 ``reference_origin``, ``ignored_files``, ``content_hash`` (sha256 of arrays, items and params),
 ``items``; video adds ``labels_csv``, ``target_fps``, ``clip_len`` and ``clips`` ({name: origin,

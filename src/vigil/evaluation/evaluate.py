@@ -30,6 +30,7 @@ from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
 from vigil.evaluation import calibration as C
+from vigil.evaluation import evidence as E
 from vigil.evaluation import metrics as M
 from vigil.evaluation import pixel_metrics as PM
 from vigil.evaluation import video_metrics as VM
@@ -100,11 +101,20 @@ def threshold_method(params: Params) -> str:
     return "precision"
 
 
-def calibrate(tune: SplitScores, val: SplitScores, params: Params) -> M.Calibration:
-    """The operating threshold on the tune split (normal val items count as normals)."""
+def calibrate(
+    tune: SplitScores, val: SplitScores, params: Params, labelled: bool = True
+) -> M.Calibration:
+    """The operating threshold on the tune split (normal val items count as normals). Without
+    labelled anomalies (``labelled`` false) ``auto`` calibrates on normal items to
+    ``gate.max_false_alarm_rate`` when it is set (precision cannot be measured)."""
     ok_tune, ok_val = tune.scored, val.scored
+    method = threshold_method(params)
+    if not labelled and params.evaluate.threshold_method == "auto" and (
+        params.gate.max_false_alarm_rate is not None
+    ):
+        method = "false_alarm_rate"
     return C.calibrate(
-        threshold_method(params), tune.labels[ok_tune], tune.scores[ok_tune],
+        method, tune.labels[ok_tune], tune.scores[ok_tune],
         precision=params.gate.precision,
         max_false_alarm_rate=params.gate.max_false_alarm_rate,
         prevalence=params.gate.prevalence,
@@ -222,9 +232,10 @@ def evaluate(
 
     scored = {s: score_split(detector, data, s) for s in ("val", "tune", "test")}
     val, tune, test = scored["val"], scored["tune"], scored["test"]
-    if not test.scored.any():
+    evidence = E.evidence_of(data, test)
+    if not test.scored.any() and evidence == E.EVIDENCE_NONE:
         raise EvaluationError(f"{data_dir}: the test split has no scored items")
-    calibration = calibrate(tune, val, params)
+    calibration = calibrate(tune, val, params, labelled=evidence == E.EVIDENCE_LABELLED)
     val_maps = val.maps[val.scored]
     pixel_thr = PM.pixel_threshold(val_maps, cfg.pixel_threshold_quantile)
     split_hash = hash_test_split(data)
@@ -234,17 +245,32 @@ def evaluate(
         test_split_hash=split_hash,
     )
 
-    metrics = test_metrics(data, test, calibration, precision)
+    if evidence == E.EVIDENCE_LABELLED:
+        metrics = test_metrics(data, test, calibration, precision)
+    else:  # normal-only: no label metrics; synthetic ones when the data allows
+        metrics = E.unlabelled_metrics(
+            test, calibration.threshold, precision, calibration.gate_can_pass
+        )
+        if evidence == E.EVIDENCE_SYNTHETIC:
+            metrics.update(E.synthetic_metrics(detector, data, calibration.threshold, precision))
     metrics["pixel_threshold"] = pixel_thr
     flat = finite_metrics(metrics)
     ok = test.scored
     per_defect = M.per_defect_table(
         [d for d, k in zip(test.defects, ok) if k], test.scores[ok], calibration.threshold
     )
-    metrics_path = write_json(out_dir / METRICS_FILE, {**flat, TEST_SPLIT_HASH: split_hash})
-    write_plot_data(out_dir, test, calibration.threshold)
+    metrics_path = write_json(
+        out_dir / METRICS_FILE, {**flat, TEST_SPLIT_HASH: split_hash, E.EVIDENCE_KEY: evidence}
+    )
     report_dir = out_dir / REPORT_DIR
-    figures = draw_figures(data, test, metrics, calibration, detector, report_dir)
+    if evidence == E.EVIDENCE_LABELLED:
+        write_plot_data(out_dir, test, calibration.threshold)
+        figures = draw_figures(data, test, metrics, calibration, detector, report_dir)
+    else:
+        E.write_unlabelled_plot_data(out_dir, test)
+        figures = E.unlabelled_figures(
+            detector, data, test, calibration.threshold, evidence, report_dir
+        )
     write_csv(report_dir / "per_defect.csv",
               {k: [r[k] for r in per_defect] for k in (per_defect[0] if per_defect else {})})
     detector_dir = detector.save(model_dir / DETECTOR_DIR)
@@ -260,6 +286,7 @@ def evaluate(
         "items scored (val / tune / test)": f"{val.scored.sum()} / {tune.scored.sum()} / "
                                             f"{test.scored.sum()}",
         "threshold method": calibration.method,
+        "evidence": evidence,
     }
     notes = ["the gate's verdict (with the champion comparison) is added at register"]
     if data.modality == "video":
@@ -267,6 +294,8 @@ def evaluate(
                      f"scores are a trailing moving average over {cfg.smoothing_window} frames")
     if not calibration.gate_can_pass:
         notes.append(calibration.note)
+    if E.missing_evidence_note(evidence):
+        notes.append(E.missing_evidence_note(evidence))
     tables = {"Per defect type (test)": per_defect}
     html = render_report(f"vigil evaluation: {dataset}", summary, metrics,
                          calibration.to_dict(), tables, figures, notes)
@@ -287,9 +316,11 @@ def evaluate(
 def summary_lines(dataset: str, result: EvaluationResult) -> list[str]:
     """A few plain lines for the terminal."""
     m = result.metrics
+    cal = result.calibration
+    if "recall_at_threshold" not in m:  # no labelled anomalies in test: see evaluation.evidence
+        return E.unlabelled_summary(dataset, m, cal, result.report_path)
     auroc_name = "frame AUROC" if "frame_auroc" in m else "image AUROC"
     auroc = m.get("frame_auroc", m.get("image_auroc"))
-    cal = result.calibration
     lines = [
         (
             f"evaluate {dataset}: {auroc_name} {auroc:.3f}, AP {m['average_precision']:.3f}, "

@@ -1,6 +1,7 @@
 """The promotion gate: a pure function of two metric dicts and ``GateConfig``.
 
-A candidate passes when, on the test split at its calibrated threshold (``threshold.json``):
+A candidate passes when, on the test split at its calibrated threshold (``threshold.json``; on
+synthetic anomalies in val only with ``gate.allow_synthetic_evidence``: ``registry.evidence``):
 
 1. its threshold was calibrated on labelled anomalies or normal items (``gate_can_pass`` true; a
    threshold taken from a quantile of normal scores has unmeasured precision and never passes);
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.config import GateConfig
+from vigil.registry import evidence as EV
 
 PRIMARY_METRIC = "recall_at_precision"
 AUROC_KEYS = ("image_auroc", "frame_auroc")
@@ -56,17 +58,17 @@ TIE_RULE = "a tie does not promote: the candidate must beat the champion on at l
 _TINY = 1e-12  # differences below this are ties (float noise)
 
 
-def gate_settings(cfg: GateConfig, threshold_method: str | None = None) -> dict[str, Any]:
+def gate_settings(
+    cfg: GateConfig, threshold_method: str | None = None, evidence: str | None = None
+) -> dict[str, Any]:
     """The settings the gate's inputs were measured under (what ``settings_hash`` covers).
 
-    ``min_recall`` and ``champion_tolerance`` are pass bars, not measurement conditions: changing
-    them keeps old and new metrics comparable, so they are left out."""
-    return {
-        "precision": cfg.precision,
-        "max_false_alarm_rate": cfg.max_false_alarm_rate,
-        "prevalence": cfg.prevalence,
-        "threshold_method": threshold_method,
-    }
+    ``min_recall``, ``champion_tolerance`` and ``allow_synthetic_evidence`` are pass bars, not
+    measurement conditions: changing them keeps old and new metrics comparable, so they are left
+    out. ``evidence`` other than labelled (``vigil.registry.evidence``) is a condition."""
+    settings = {"precision": cfg.precision, "max_false_alarm_rate": cfg.max_false_alarm_rate,
+                "prevalence": cfg.prevalence, "threshold_method": threshold_method}
+    return settings if evidence in (None, EV.LABELLED) else {**settings, "evidence": evidence}
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -85,6 +87,8 @@ def criteria(cfg: GateConfig) -> list[str]:
     out = [f"precision >= {cfg.precision:g} {where}", f"recall >= {cfg.min_recall:g}"]
     if cfg.max_false_alarm_rate is not None:
         out.append(f"false-alarm rate <= {cfg.max_false_alarm_rate:g} of normal test items")
+    out.append("labelled anomalies in the test split" + (
+        " or synthetic ones in val" if cfg.allow_synthetic_evidence else ""))
     out.append(
         f"not worse than the champion by more than {cfg.champion_tolerance:g} on "
         f"{PRIMARY_METRIC}, AUROC, recall_at_threshold or false_alarm_rate (same test split "
@@ -112,6 +116,7 @@ class GateDecision:
     precision_at_prevalence: float | None = None
     criteria: list[str] = field(default_factory=list)
     settings_hash: str | None = None
+    evidence: str = EV.LABELLED  # labelled | synthetic | none (vigil.registry.evidence)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -308,13 +313,15 @@ def evaluate_gate(
     ``settings_hash(gate_settings(cfg))``); from ``champion`` (None or empty: no champion yet) the
     same comparison keys.
     """
-    candidate = dict(candidate)
-    candidate.setdefault(SETTINGS_KEY, settings_hash(gate_settings(cfg)))
+    evidence = EV.evidence_of(candidate)
+    candidate = EV.judged_metrics(candidate, evidence)
+    candidate.setdefault(SETTINGS_KEY, settings_hash(gate_settings(cfg, evidence=evidence)))
     passed, reasons, numbers = _bars(candidate, cfg)
+    passed, reasons = EV.judge(evidence, cfg.allow_synthetic_evidence, passed, reasons, candidate)
     compared, champ_vals, cand_vals = False, {}, {}
     if champion:
         ok, champ_reasons, champ_vals, cand_vals = _champion_checks(
-            candidate, champion, cfg.champion_tolerance
+            candidate, EV.judged_metrics(champion, evidence), cfg.champion_tolerance
         )
         compared = bool(champ_vals)
         passed = passed and ok
@@ -337,4 +344,5 @@ def evaluate_gate(
         precision_at_prevalence=numbers["at_p"],
         criteria=criteria(cfg),
         settings_hash=str(candidate[SETTINGS_KEY]),
+        evidence=evidence,
     )

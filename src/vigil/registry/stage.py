@@ -97,14 +97,20 @@ def register_stage(
     decision_path.unlink(missing_ok=True)  # never leave the previous run's verdict standing
     policy = promotion_policy(params.register.promote, root)
     method = record.calibration.get("method")
-    settings = {**params.gate.model_dump(mode="json"), "threshold_method": method}
+    evidence = metrics.get("evidence") or "labelled"  # vigil.registry.evidence
+    settings = {
+        **params.gate.model_dump(mode="json"), "threshold_method": method, "evidence": evidence
+    }
     client = connect()
     examples = example_images(data_dir)
     with registry_errors(f"logging the model package to training run {run_id}"):
         package = log_package(detector_dir, example_images=examples, run_id=run_id)
         origin = lineage(run_id, dataset, spec.modality, data_dir)
     origin["test_split_hash"] = metrics.get("test_split_hash") or record.test_split_hash
-    candidate = {**metrics, SETTINGS_KEY: settings_hash(gate_settings(params.gate, method))}
+    origin["evidence"] = evidence  # the version's vigil.evidence tag
+    candidate = {
+        **metrics, SETTINGS_KEY: settings_hash(gate_settings(params.gate, method, evidence))
+    }
     name = model_name(params.register.model_name_prefix, dataset, spec.modality)
     decision = register_candidate(
         client, name, package, candidate, params.gate, origin,

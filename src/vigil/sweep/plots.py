@@ -26,6 +26,7 @@ PLOT_FIELDS = (
     "ratio",
     "feasible",
     "objective",
+    "evidence",  # what the ratio was measured on: labelled tune anomalies, or synthetic ones
     "state",
     "chosen",
     "chosen_trial_ratio",  # the ratio on the chosen trial's row, empty elsewhere: DVC's marker

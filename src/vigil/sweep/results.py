@@ -39,6 +39,7 @@ def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
                         "ratio",
                         "feasible",
                         "objective",
+                        "evidence",
                         "run_id",
                         "worker",
                         "epoch_budget",

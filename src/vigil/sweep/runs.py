@@ -76,6 +76,8 @@ def report_parent(
     client.set_tag(parent, "vigil.best_trial", str(best.number))
     client.set_tag(parent, "vigil.best_run_id", str(best.user_attrs.get("run_id")))
     client.set_tag(parent, "vigil.best_feasible", str(feasible).lower())
+    # labelled (tune anomalies) or synthetic (anomalies pasted into val): normal-only datasets
+    client.set_tag(parent, "vigil.sweep_evidence", str(best.user_attrs.get("evidence", "labelled")))
     for key in ("ratio", "total_error", "anomaly_error", "normal_error", "encoding_size"):
         if best.user_attrs.get(key) is not None:
             client.log_metric(parent, f"best_{key}", float(best.user_attrs[key]))

@@ -78,18 +78,27 @@ def test_scan_images_labels_masks_and_ignored_files(tmp_path):
             lambda r: [p.unlink() for p in (r / "test" / "dent").iterdir()],
             "test/dent: empty folder",
         ),
-        (
-            lambda r: [__import__("shutil").rmtree(r / "test" / d) for d in ("crack", "dent")],
-            "test set has no anomalies",
-        ),
     ],
-    ids=["no-train", "empty-train", "empty-defect", "no-anomalies"],
+    ids=["no-train", "empty-train", "empty-defect"],
 )
 def test_scan_images_bad_layouts_name_the_folder(tmp_path, break_it, message):
     root = _mvtec(tmp_path / "ds")
     break_it(root)
     with pytest.raises(IngestError, match=message):
         scan_images(root)
+
+
+def test_scan_images_accepts_a_normal_only_source(tmp_path):
+    """train/good alone, or with test/good only: every record is normal (prepare warns)."""
+    root = _mvtec(tmp_path / "ds")
+    for defect in ("crack", "dent"):
+        __import__("shutil").rmtree(root / "test" / defect)
+    with_good = scan_images(root)
+    assert {r.defect for r in with_good.records} == {"good"}
+    assert any(r.part == "test" for r in with_good.records)
+    __import__("shutil").rmtree(root / "test")
+    alone = scan_images(root)
+    assert alone.records and all(r.part == "train" and r.label == 0 for r in alone.records)
 
 
 def test_scan_images_unknown_root(tmp_path):

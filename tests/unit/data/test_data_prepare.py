@@ -147,11 +147,8 @@ def test_unknown_source_names_the_key(tmp_path):
 
 def test_layout_problem_is_a_prepare_error_naming_the_folder(tmp_path):
     root = _mvtec(tmp_path / "ds")
-    for defect in ("crack", "stain"):
-        for path in (root / "test" / defect).iterdir():
-            path.unlink()
-        (root / "test" / defect).rmdir()
-    with pytest.raises(PrepareError, match="dataset 'p'.*test set has no anomalies"):
+    shutil.rmtree(root / "train")
+    with pytest.raises(PrepareError, match="dataset 'p'.*train/good: missing normal training"):
         prepare_dataset(
             "p", IMAGE_SPEC, _cfg(), tmp_path / "out", base_dir=tmp_path, progress=False
         )
@@ -458,8 +455,9 @@ def test_cli_data_errors_exit_2_with_one_line(tmp_path):
     root = _mvtec(tmp_path / "ds")
     for defect in ("crack", "stain"):
         shutil.rmtree(root / "test" / defect)
-    no_anomalies = _run_prepare_cli(tmp_path, "parts", {"source": "ds", "modality": "image"})
-    _assert_one_error_line(no_anomalies, "the test set has no anomalies")
+    shutil.rmtree(root / "train")
+    no_train = _run_prepare_cli(tmp_path, "parts", {"source": "ds", "modality": "image"})
+    _assert_one_error_line(no_train, "train/good: missing normal training")
     other = tmp_path / "other"
     _mvtec(other / "ds")
     (other / "data").write_text("a file where the output folder should go")

@@ -133,7 +133,7 @@ def test_video_ratio_uses_anomalous_frames(tmp_path):
     assert errors.anomaly_error > errors.normal_error > 0
 
 
-@pytest.mark.parametrize("maker", [make_images, make_video])
+@pytest.mark.parametrize("maker", [make_video])  # images: synthetic evidence (test_sweep_synthetic)
 def test_tune_split_without_anomalies_explains_how_to_label(tmp_path, maker):
     data = PreparedDataset.load(maker(tmp_path / "d", anomalies=False))
     with pytest.raises(NoAnomaliesError) as info:
