@@ -145,3 +145,32 @@ def test_serve_several_models_each_on_its_routes_and_following_its_alias(mlflow_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_moving_one_alias_swaps_only_that_model(mlflow_store, tmp_path, live_server):
+    """In process (fast): two models on one app, each polled by its own follower."""
+    from vigil.serving.app import create_app
+    from vigil.serving.multi import ModelSet, load_model
+
+    register("cam-a", make_model_dir(tmp_path / "a1", seed=0, threshold=0.05))
+    register("cam-b", make_model_dir(tmp_path / "b1", seed=1, threshold=0.07))
+    refs = parse_model_refs(["cam-a", "cam-b", "cam-gone"], "champion", "--model")
+    models = ModelSet([load_model(ref, max_concurrent=1) for ref in refs])
+    server = live_server(create_app(models.default.holder, models=models))
+    followers = models.start_following(interval_s=0.2, max_concurrent=1)
+    image = png(sample_images(1)[0])
+    try:
+        assert [f.name for f in followers] == ["cam-a", "cam-b"]
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert _scored(http, "/models/cam-b", "score/clip", image) == ("cam-b", "1", 0.07)
+            assert _scored(http, "", "score", image) == ("cam-a", "1", 0.05)
+            register("cam-b", make_model_dir(tmp_path / "b2", seed=3, threshold=0.09))
+            _wait_for(lambda: http.get("/models/cam-b").json()["version"] == "2")
+            assert _scored(http, "/models/cam-b", "score/batch", image) == ("cam-b", "2", 0.09)
+            assert _scored(http, "/models/cam-a", "score", image) == ("cam-a", "1", 0.05)
+            statuses = {m["name"]: m["status"] for m in http.get("/model").json()["models"]}
+            assert statuses == {"cam-a": "serving", "cam-b": "serving", "cam-gone": "refused"}
+            panel = http.get("/console/api/models").json()["models"]  # the console lists both
+            assert [(m["name"], str(m["version"])) for m in panel] == [("cam-a", "1"), ("cam-b", "2")]
+    finally:
+        models.stop_following()

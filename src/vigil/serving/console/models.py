@@ -163,6 +163,8 @@ def describe(info: ModelInfo, refused: dict[str, str] | None, registry: Registry
     }
 
 
-def model_entries(holder: ModelHolder, registry: RegistryView) -> list[dict[str, Any]]:
-    """Every served model's entry; one today (a server holding several passes each holder)."""
-    return [describe(holder.current.info, holder.registry.refused, registry)]
+def model_entries(
+    holder: ModelHolder, registry: RegistryView, holders: list[ModelHolder] | None = None
+) -> list[dict[str, Any]]:
+    """Every served model's entry: ``holders`` (a box serving several), else ``holder``'s."""
+    return [describe(h.current.info, h.registry.refused, registry) for h in holders or [holder]]

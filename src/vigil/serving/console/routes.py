@@ -78,12 +78,14 @@ def console_router(
         return Response(status_code=204)
 
     @router.get("/api/models")
-    def models() -> dict[str, Any]:
+    def models(request: Request) -> dict[str, Any]:
         """Each served model: version, alias, gate verdict and reasons, operating point,
         promotion, refused versions."""
         status = holder.registry
+        served = getattr(request.app.state, "models", None)  # several per box: vigil.serving.multi
+        holders = [m.holder for m in served.models.values() if m.holder] if served else None
         return {
-            "models": model_entries(holder, registry),
+            "models": model_entries(holder, registry, holders),
             "registry_reachable": status.reachable,
             "registry_error": status.error,
         }
