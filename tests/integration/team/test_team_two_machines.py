@@ -81,8 +81,16 @@ def commit_all(root: Path, env: dict[str, str], message: str) -> None:
     run(["git", "commit", "-qm", message, "--allow-empty"], root, env)
 
 
-def champion(client) -> str:
-    return str(client.get_model_version_by_alias(MODEL, "champion").version)
+def champion(client, project: Path) -> str:
+    """The champion's version; failing, the gate's verdict of the project's last run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(MODEL, "champion").version)
+    except MlflowException as error:
+        decision = project / "reports" / "capsules" / "decision.json"
+        verdict = decision.read_text() if decision.is_file() else "(no decision.json)"
+        raise AssertionError(f"no champion ({error}); gate decision:\n{verdict}") from None
 
 
 def new_normal_images(a: Path, inbox: Path, n: int = 12) -> None:
@@ -130,7 +138,7 @@ def test_two_machines_share_the_servers_only(
         trials = optuna.load_study(study_name=name, storage=optuna_url).trials
         assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials), out
         client = mlflow.MlflowClient(team_mlflow.url)
-        first = champion(client)
+        first = champion(client, a)
         commit_all(a, env_a, "trained")
         run(["dvc", "push"], a, env_a)
         assert team_s3.keys("mlartifacts/"), "the registered package is not in S3"
@@ -157,7 +165,7 @@ def test_two_machines_share_the_servers_only(
             run(["vigil", "ingest", "--dataset", "capsules"], a, env_a)
             cycle = run(["vigil", "retrain", "--dataset", "capsules", "--json"], a,
                         {**env_a, "VIGIL_PROMOTE": "1"})  # fmt: skip
-            second = champion(client)
+            second = champion(client, a)
             assert second != first, f"the champion did not move:\n{cycle}"
             wait_for(lambda: httpx.get(f"{url}/model", timeout=30).json()["version"] == second,
                      timeout=120, what="B's server following the new champion")  # fmt: skip
