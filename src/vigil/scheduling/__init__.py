@@ -52,8 +52,8 @@ class InboxSpec(_Strict):
     size: Literal["auto"] | tuple[int, int] | None = "auto"
     channels: Literal["auto", 1, 3] | None = "auto"
     min_frames: int = Field(2, ge=1)  # video items: fewer decodable frames is an error
-    # an item modified less than this many seconds ago is still being written: next cycle
-    settle_s: float = Field(0.0, ge=0)
+    # an item whose size or mtime changes within this many seconds is still being written
+    settle_s: float = Field(1.0, ge=0, le=60)
     drift: DriftConfig | None = None
 
 

@@ -53,28 +53,28 @@ def plan_moves(
     *,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     waiting: list[str] | None = None,
-    now: float | None = None,
 ) -> list[Move]:
     """Validate every inbox item; one ``Move`` each (to the extra folder or to quarantine).
 
     Whatever is wrong with one item becomes its quarantine reason; no item stops the others.
-    Items still being written (modified less than ``spec.settle_s`` seconds before ``now``, or
-    changing while checked) get no move: their names go to ``waiting``, for the next cycle.
+    Items still being written get no move (their names go to ``waiting``, for the next cycle):
+    an item must keep its size and mtime for ``spec.settle_s`` seconds (items modified less
+    than that ago are watched that long, once for all) and while it is checked.
     """
     items = _inbox_items(inbox)
     if not items:
         return []
     expected = expected_shape(folders, spec)
     known = known_hashes(folders)
-    now = time.time() if now is None else now
+    states = _settled_states(items, spec.settle_s)
     seen: dict[str, str] = {}
     moves = []
     taken: set[Path] = set()
     for item in items:
         name = display_name(item.name)
         state = item_state(item)
-        if now - newest_mtime(state) < spec.settle_s:
-            _wait(name, f"modified less than settle_s={spec.settle_s:g} s ago", waiting)
+        if state != states[item]:
+            _wait(name, f"it changed within settle_s={spec.settle_s:g} s", waiting)
             continue
         try:
             digest = validate_item(
@@ -100,6 +100,18 @@ def plan_moves(
         dst = _ingest_name(item, digest, folders.extra)
         moves.append(Move(str(item), str(dst), "ingest", sha256=digest))
     return moves
+
+
+def _settled_states(items: list[Path], settle_s: float) -> dict[Path, tuple]:
+    """Each item's ``item_state``, taken ``settle_s`` seconds after the newest modification
+    among them (one wait for all, none when every item is older): an item whose state differs
+    from this one when it is checked is still being written."""
+    states = {item: item_state(item) for item in items}
+    newest = max((newest_mtime(state) for state in states.values()), default=0.0)
+    pause = settle_s - (time.time() - newest)
+    if pause > 0:
+        time.sleep(min(pause, settle_s))
+    return states
 
 
 def _wait(name: str, why: str, waiting: list[str] | None) -> None:

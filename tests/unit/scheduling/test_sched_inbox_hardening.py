@@ -5,6 +5,7 @@ still being written is left for the next cycle; `dvc add` never sees a refused n
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -76,16 +77,31 @@ def test_the_pixel_budget_is_the_one_prepare_uses(tmp_path: Path):
 def test_a_file_still_being_written_is_left_for_the_next_cycle(tmp_path: Path):
     folders = _folders(tmp_path)
     inbox = tmp_path / "inbox"
+    inbox.mkdir()
     whole = write_png(tmp_path / "w.png", image(70)).read_bytes()
-    (inbox).mkdir()
-    (inbox / "arriving.png").write_bytes(whole[: len(whole) // 2])  # half written, just now
-    spec = InboxSpec(inbox="inbox", settle_s=10)
+    target = inbox / "arriving.png"
+    target.write_bytes(whole[:100])
+    done = threading.Event()
+
+    def writer() -> None:  # a slow copy: a few bytes at a time until planning is over
+        with target.open("ab") as handle:
+            while not done.is_set():
+                handle.write(b"\0")
+                handle.flush()
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
     waiting: list[str] = []
-    assert plan_moves(folders, spec, inbox, tmp_path / "q", waiting=waiting) == []
-    assert waiting == ["arriving.png"]
-    (inbox / "arriving.png").write_bytes(whole)  # the writer finishes
-    later = time.time() + 11
-    (move,) = plan_moves(folders, spec, inbox, tmp_path / "q", now=later)
+    try:
+        moves = plan_moves(folders, InboxSpec(inbox="inbox", settle_s=1), inbox, tmp_path / "q",
+                           waiting=waiting)
+    finally:
+        done.set()
+        thread.join()
+    assert moves == [] and waiting == ["arriving.png"]  # not quarantined as a broken PNG
+    target.write_bytes(whole)  # the copy completes
+    (move,) = plan_moves(folders, InboxSpec(inbox="inbox", settle_s=1), inbox, tmp_path / "q")
     assert move.kind == "ingest"
 
 
