@@ -25,7 +25,7 @@ class ServerSettings(Strict):
     torch_threads: int = Field(1, ge=1)  # intra-op threads per inference call
     max_concurrent_inference: int = Field(2, ge=1)  # forward passes running at once
     # scoring requests admitted at once (reading, queued, scoring); more get 503 + Retry-After
-    max_in_flight: int = Field(16, ge=1)
+    max_in_flight: int = Field(8, ge=1)
     retry_after_s: int = Field(1, ge=0)  # the Retry-After of a 503
     read_timeout_s: float = Field(30.0, gt=0)  # request head and body must arrive within this
     keep_alive_s: int = Field(5, ge=1)  # idle keep-alive connections are closed after this
