@@ -192,7 +192,7 @@ def test_full_pipeline_story(tmp_path: Path, mlflow_store: str) -> None:
         write_png(inbox / f"later{i}.png", cv2.flip(cv2.imread(str(path)), 0))
     sound = (root / "params.yaml").read_text()
     broken = yaml.safe_load(sound)
-    broken["model"]["image"]["depth"] = 6  # needs 64x64 frames
+    broken["model"]["conv_ae"]["depth"] = 6  # needs 64x64 frames
     (root / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
     failed = run_cycle(root, echo=lambda _: None)
     assert failed["status"] == "failed" and failed["error"]["step"] == "repro", failed
