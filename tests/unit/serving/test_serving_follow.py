@@ -122,5 +122,5 @@ def test_unloadable_model_is_a_clear_error(mlflow_store, tmp_path, source):
     from vigil.serving.loader import ModelLoadError
     from vigil.serving.pull import PullError
 
-    with pytest.raises((ModelLoadError, PullError), match="not found|cannot resolve"):
+    with pytest.raises((ModelLoadError, PullError), match="not found|cannot resolve|no registered model"):
         load_scorer(source if source.startswith("models:") else str(tmp_path / source))
