@@ -275,9 +275,9 @@ def main() -> int:
             status = "ok" if ok else "FAILED"
             results.append((status, seconds, command))
             print(f"{status:<7}{seconds:8.1f} s  {text}", flush=True)
-            if not ok:
-                tail = "\n".join(output.strip().splitlines()[-15:])
-                print("         | " + tail.replace("\n", "\n         | "), flush=True)
+            lines = [line[:200] for line in output.strip().splitlines()[-(2 if ok else 15) :]]
+            if lines:  # what it said: the last 2 lines, 15 for a failure
+                print("         | " + "\n         | ".join(lines), flush=True)
     finally:
         shell.stop_servers()
         hook.shutdown()
