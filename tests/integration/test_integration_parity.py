@@ -1,7 +1,7 @@
 """One detector, the same answers everywhere (issue 11): the same inputs scored through the
 evaluate stage's path, the registered MLflow pyfunc (``mlflow.pyfunc.load_model``), ``vigil
 serve`` over real HTTP and ``vigil watch`` give identical scores (|diff| <= 1e-6), identical
-``is_anomaly`` and identical heat-map PNG bytes, for both built-in families.
+``is_anomaly`` and identical heat-map PNG bytes, for each built-in family.
 
 Inputs are the prepared frames themselves (PNG-encoded), so preprocessing is the identity and
 every path must land on exactly the evaluated numbers.
@@ -35,17 +35,20 @@ def _bgr(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if frame.shape[2] == 3 else frame[..., 0]
 
 
-@pytest.fixture(params=["image", "video"])
+@pytest.fixture(params=["conv_ae", "convlstm", "future_frame"])
 def trained(request, mlflow_store: str, tmp_path: Path):
-    """(modality, prepared data, split, detector folder, package folder) for a tiny trained model."""
-    modality = request.param
+    """(modality, prepared data, split, detector folder, package folder) for a tiny trained model
+    of each family."""
+    family = request.param
+    modality = "image" if family == "conv_ae" else "video"
     if modality == "image":
         name, split = "tiny", "test"
         data_dir = make_image_dataset(tmp_path / "data" / "prepared" / name)
     else:
         name, split = "tinyvid", "tune"
         data_dir = make_video_dataset(tmp_path / "data" / "prepared" / name)
-    params = tiny_params(max_epochs=2)
+    params = tiny_params(video_family=family if modality == "video" else "convlstm",
+                         max_epochs=2)
     if modality == "video":  # the tiny clips have no test split: evaluate on tune as test
         _tune_as_test(data_dir)
     fit(params, data_dir, tmp_path / "models" / name)

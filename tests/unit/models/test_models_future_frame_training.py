@@ -104,7 +104,9 @@ def test_balanced_video_objective_weighs_normal_and_anomalous_means_equally(trai
     lab = np.concatenate([np.array([label_of[int(r)] for r in rows])[p.valid]
                           for rows, p in zip(clips, parts, strict=True)])
     normal, anomaly = err[lab == 0].mean(), err[lab == 1].mean()
-    assert errors.normal_error == pytest.approx(normal, rel=1e-5)
+    # the feasibility guard reads the prediction error of normal frames in input units, not the
+    # fused map (whose normal mean is ~2 by construction)
+    assert 0 < errors.normal_error < normal
     assert errors.anomaly_error == pytest.approx(anomaly, rel=1e-5)
     assert errors.total_error == pytest.approx(0.5 * (normal + anomaly), rel=1e-5)
     assert errors.ratio == pytest.approx(anomaly / errors.total_error, rel=1e-5)

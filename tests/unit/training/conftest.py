@@ -98,8 +98,9 @@ def make_video_dataset(root: Path, size: int = 32, n_frames: int = 12, seed: int
     return root
 
 
-def tiny_params(**train) -> Params:
-    """Params shrunk for tests: tiny models, 1 epoch, CPU."""
+def tiny_params(video_family: str = "convlstm", **train) -> Params:
+    """Params shrunk for tests: tiny models, 1 epoch, CPU; the video family is the seeds'
+    ``convlstm`` unless named (these tests exercise the machinery, not a family)."""
     return parse_params(
         {
             "data": {
@@ -113,8 +114,11 @@ def tiny_params(**train) -> Params:
                 "video": {"size": [32, 32], "channels": 1, "clip_len": 4},
             },
             "model": {
+                "video_family": video_family,
                 "conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4},
                 "convlstm": {"encoder_depth": 2, "filters": 8, "hidden_channels": 8},
+                "future_frame": {"context": 2, "depth": 2, "filters": 4,
+                                 "bottleneck_channels": 4},
             },
             "train": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu",
                       "log_images_every_n_epochs": 1, **train},
