@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from vigil.evaluation import plots
-from vigil.evaluation.postprocess import overlay
+from vigil.detector.postprocess import overlay
 from vigil.evaluation.report import fmt, render_report, write_report
 
 
