@@ -20,7 +20,12 @@ import numpy as np
 import pytest
 
 from tests.unit.serving.conftest import LiveServer
-from tests.unit.training.conftest import make_image_dataset, make_video_dataset, tiny_params
+from tests.unit.training.conftest import (
+    make_image_dataset,
+    make_video_dataset,
+    tiny_params,
+    tune_clip_as_test,
+)
 from vigil.data.prepared import PreparedDataset
 from vigil.evaluation.evaluate import evaluate
 from vigil.evaluation.splits import score_split
@@ -50,32 +55,13 @@ def trained(request, mlflow_store: str, tmp_path: Path):
     params = tiny_params(video_family=family if modality == "video" else "convlstm",
                          max_epochs=2)
     if modality == "video":  # the tiny clips have no test split: evaluate on tune as test
-        _tune_as_test(data_dir)
+        tune_clip_as_test(data_dir)
     fit(params, data_dir, tmp_path / "models" / name)
     evaluate(params, name, data_dir, tmp_path / "models" / name, tmp_path / "reports" / name,
              log_mlflow=False)
     detector_dir = tmp_path / "models" / name / "detector"
     package = save_package(tmp_path / f"package-{name}", detector_dir)
     return modality, PreparedDataset.load(data_dir), split, detector_dir, package
-
-
-def _tune_as_test(data_dir: Path) -> None:
-    """Duplicate the tune clip as a test clip so the evaluate stage can run on the tiny data."""
-    import json
-
-    from vigil.data.prepared import write_prepared
-
-    data = PreparedDataset.load(data_dir)
-    manifest = dict(data.manifest)
-    rows = data.indices("tune")
-    frames = np.concatenate([np.asarray(data.frames), np.asarray(data.frames[rows])])
-    masks = np.concatenate([np.asarray(data.masks), np.asarray(data.masks[rows])])
-    items = list(manifest["items"])
-    for i, row in enumerate(rows):
-        item = dict(items[int(row)])
-        items.append({**item, "index": len(data.items) + i, "split": "test", "video": "t"})
-    manifest["items"] = items
-    write_prepared(data_dir, frames, masks, json.loads(json.dumps(manifest)))
 
 
 def test_evaluate_pyfunc_serve_and_watch_give_identical_answers(trained, tmp_path: Path):

@@ -155,18 +155,23 @@ def binarize(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     return masks[0] if single else masks
 
 
-def to_bgr(image: np.ndarray) -> np.ndarray:
-    """Prepared frames are RGB (H, W, 3) or gray (H, W, 1) / (H, W): -> uint8 BGR (H, W, 3)."""
+def _two_or_three_dims(image: np.ndarray) -> np.ndarray:
+    """A uint8 image as (H, W) gray or (H, W, 3) color; anything else is a ValueError."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
+        return image
     raise ValueError(f"expected an image (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+
+
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Prepared frames are RGB (H, W, 3) or gray (H, W, 1) / (H, W): -> uint8 BGR (H, W, 3)."""
+    image = _two_or_three_dims(image)
+    code = cv2.COLOR_GRAY2BGR if image.ndim == 2 else cv2.COLOR_RGB2BGR
+    return cv2.cvtColor(image, code)
 
 
 def colorize(heat: np.ndarray, vmax: float) -> np.ndarray:
@@ -194,16 +199,8 @@ def overlay(
 
 def bgr_input(image: np.ndarray) -> np.ndarray:
     """A decoded input as OpenCV reads it (gray (H, W[, 1]) or BGR (H, W, 3)) -> BGR uint8."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise ValueError(f"expected an image (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
+    image = _two_or_three_dims(image)
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
 
 
 def map_to_input(

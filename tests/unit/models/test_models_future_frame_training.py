@@ -4,15 +4,13 @@ scoring as evaluated; and the balanced video sweep objective on a trained networ
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.unit.training.conftest import make_video_dataset
+from tests.unit.training.conftest import make_video_dataset, tune_clip_as_test
 from vigil.config import parse_params
-from vigil.data.prepared import PreparedDataset, write_prepared
+from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
 from vigil.evaluation.evaluate import evaluate
 from vigil.evaluation.splits import score_split
@@ -36,25 +34,10 @@ def future_frame_params(**model):
     })
 
 
-def _tune_as_test(data_dir: Path) -> None:
-    """Copy the tune clip as a test clip so the evaluate stage runs on the tiny data."""
-    data = PreparedDataset.load(data_dir)
-    manifest = dict(data.manifest)
-    rows = data.indices("tune")
-    frames = np.concatenate([np.asarray(data.frames), np.asarray(data.frames[rows])])
-    masks = np.concatenate([np.asarray(data.masks), np.asarray(data.masks[rows])])
-    items = list(manifest["items"])
-    for i, row in enumerate(rows):
-        items.append({**items[int(row)], "index": len(data.items) + i, "split": "test",
-                      "video": "t"})
-    manifest["items"] = items
-    write_prepared(data_dir, frames, masks, json.loads(json.dumps(manifest)))
-
-
 @pytest.fixture()
 def trained(mlflow_store, tmp_path):
     data_dir = make_video_dataset(tmp_path / "data" / "prepared" / "tinyvid")
-    _tune_as_test(data_dir)
+    tune_clip_as_test(data_dir)
     params = future_frame_params()
     model_dir = tmp_path / "models" / "tinyvid"
     result = fit(params, data_dir, model_dir, log_model_images=False)

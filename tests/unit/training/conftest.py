@@ -98,6 +98,25 @@ def make_video_dataset(root: Path, size: int = 32, n_frames: int = 12, seed: int
     return root
 
 
+def tune_clip_as_test(data_dir: Path) -> Path:
+    """Copy the tiny video dataset's tune clip as a test clip (clip ``t``), so the evaluate
+    stage can run on it."""
+    from vigil.data.prepared import PreparedDataset
+
+    data = PreparedDataset.load(data_dir)
+    manifest = dict(data.manifest)
+    rows = data.indices("tune")
+    frames = np.concatenate([np.asarray(data.frames), np.asarray(data.frames[rows])])
+    masks = np.concatenate([np.asarray(data.masks), np.asarray(data.masks[rows])])
+    items = list(manifest["items"])
+    for i, row in enumerate(rows):
+        items.append({**items[int(row)], "index": len(data.items) + i, "split": "test",
+                      "video": "t"})
+    manifest["items"] = items
+    write_prepared(data_dir, frames, masks, manifest)
+    return data_dir
+
+
 def tiny_params(video_family: str = "convlstm", **train) -> Params:
     """Params shrunk for tests: tiny models, 1 epoch, CPU; the video family is the seeds'
     ``convlstm`` unless named (these tests exercise the machinery, not a family)."""
