@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-    from vigil.config import tracking_uri
+    from vigil.locations import tracking_uri
     from vigil.data.prepared import PreparedDataError
     from vigil.models.lightning import NonFiniteLossError
     from vigil.tracking import TrackingError

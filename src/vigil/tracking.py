@@ -1,7 +1,7 @@
 """MLflow connection: one place that resolves the tracking URI and the experiment.
 
 The URI comes from MLFLOW_TRACKING_URI; without it, an absolute SQLite store in the project root
-with artifacts in ``mlartifacts/`` beside it (see ``vigil.config.tracking_uri``). A server URL
+with artifacts in ``mlartifacts/`` beside it (see ``vigil.locations.tracking_uri``). A server URL
 works unchanged. An unreachable server fails fast with the URL in the message instead of
 retrying for minutes.
 
@@ -21,7 +21,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from vigil.config import artifact_root, project_root, tracking_uri
+from vigil.locations import artifact_root, project_root, tracking_uri
 from vigil import names
 
 #: URI schemes of tracking servers, which choose artifact locations themselves.
@@ -38,7 +38,7 @@ class TrackingError(RuntimeError):
 
 
 def connect(uri: str | None = None) -> MlflowClient:
-    """Point mlflow at ``uri`` (default: ``vigil.config.tracking_uri()``) and check it answers."""
+    """Point mlflow at ``uri`` (default: ``vigil.locations.tracking_uri()``) and check it answers."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
         # Fail in seconds, not after MLflow's default minutes of retries.
@@ -102,7 +102,7 @@ def experiment_artifact_location(uri: str) -> str | None:
     - ``sqlite:///<path>``: ``mlartifacts/`` beside the database file (a relative path is taken
       from the project root, seen through DVC's temporary experiment folders);
     - any other database or store (``postgresql://``, ``mysql://``, ``file:``...): the project
-      root's ``mlartifacts/`` (``vigil.config.artifact_root``).
+      root's ``mlartifacts/`` (``vigil.locations.artifact_root``).
     """
     if uri.startswith(SERVER_SCHEMES):
         return None

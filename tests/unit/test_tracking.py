@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from vigil.config import artifact_root
+from vigil.locations import artifact_root
 from vigil.tracking import ensure_experiment, experiment_artifact_location
 
 

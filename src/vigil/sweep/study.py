@@ -2,7 +2,7 @@
 ``run_stage``, the DVC ``sweep`` stage around it.
 
 - Storage: ``sweep.storage``, else ``VIGIL_OPTUNA_STORAGE``, else SQLite in the project root
-  (``vigil.config.optuna_storage``); see ``vigil.sweep.storage``.
+  (``vigil.locations.optuna_storage``); see ``vigil.sweep.storage``.
 - Which study, and reproducibility: ``vigil.sweep.identity``. The study's name hashes everything
   that shapes a trial except ``n_trials``; trial k is the same in any run of that study, and the
   sweep chooses among the first ``n_trials`` trials, so the same params give the same trials
@@ -27,7 +27,8 @@ import optuna
 from optuna.trial import TrialState
 
 from vigil.atomic import atomic_write_json
-from vigil.config import Params, optuna_storage
+from vigil.config import Params
+from vigil.locations import optuna_storage
 from vigil.data.prepared import PreparedDataset
 from vigil.sweep.identity import (
     FINISHED,
