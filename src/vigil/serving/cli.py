@@ -123,7 +123,7 @@ def _pulled_line(manifest: dict, dest: Path) -> str:
 def _model_source(args: argparse.Namespace, alias: str) -> str:
     """What to load: the current version folder of ``--model-dir`` (resolved once, so a pull
     swapping versions meanwhile cannot mix two), ``--model-uri``, or the env's default URI."""
-    from vigil.serving.pull import resolve_model_dir
+    from vigil.serving.install import resolve_model_dir
 
     if args.model_dir is not None:
         return str(resolve_model_dir(args.model_dir))

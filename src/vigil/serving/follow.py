@@ -154,7 +154,8 @@ class AliasFollower:
 
     def _load(self, version: str) -> Scorer:
         """Pull ``version`` into a staging folder, load and smoke-test it, then install it."""
-        from vigil.serving.pull import pull, replace_dir
+        from vigil.serving.pull import pull
+        from vigil.serving.install import replace_dir
 
         if self.model_dir is None:  # nothing to keep on disk: the scorer lives in memory
             with tempfile.TemporaryDirectory(prefix="vigil-model-") as tmp:

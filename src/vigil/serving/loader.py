@@ -138,7 +138,8 @@ def load_scorer(
     Registry URIs are pulled (and verified) into ``cache_dir`` (default: a temporary folder).
     ``smoke_test`` scores one blank input so a broken package fails here, not on a request.
     """
-    from vigil.serving.pull import PACKAGE_DIR, parse_model_uri, pull, read_manifest
+    from vigil.serving.pull import parse_model_uri, pull
+    from vigil.serving.install import PACKAGE_DIR, read_manifest
 
     if isinstance(source, str) and source.startswith("models:/"):
         name, alias, version = parse_model_uri(source)

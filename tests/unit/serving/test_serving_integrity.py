@@ -24,7 +24,8 @@ from vigil.registry.integrity import (
     verify_release,
 )
 from vigil.serving.loader import ModelLoadError, load_scorer
-from vigil.serving.pull import PACKAGE_DIR, ChecksumMismatchError, pull
+from vigil.serving.pull import ChecksumMismatchError, pull
+from vigil.serving.install import PACKAGE_DIR
 
 
 def _pulled(image_registry, tmp_path):

@@ -11,18 +11,8 @@ import pytest
 from conftest import make_model_dir, png, register, sample_images
 
 from vigil.registry.integrity import CHECKSUM_TAG
-from vigil.serving.pull import (
-    CURRENT_LINK,
-    MANIFEST_FILE,
-    PACKAGE_DIR,
-    VERSIONS_DIR,
-    ChecksumMismatchError,
-    PullError,
-    pull,
-    read_manifest,
-    replace_dir,
-    resolve_model_dir,
-)
+from vigil.serving.pull import ChecksumMismatchError, PullError, pull
+from vigil.serving.install import CURRENT_LINK, MANIFEST_FILE, PACKAGE_DIR, VERSIONS_DIR, read_manifest, replace_dir, resolve_model_dir
 
 
 def _stored_files(root, name):
@@ -183,7 +173,7 @@ def test_pulled_package_scores_as_the_mlflow_pyfunc_does(image_registry, tmp_pat
 def test_pull_deletes_only_version_folders_it_created(image_registry, tmp_path):
     """Issue 15: `vigil pull --dest d` deleted every folder under d/versions/, also ones a
     person put there; now only folders holding vigil's marker are candidates for deletion."""
-    from vigil.serving.pull import VERSION_MARKER
+    from vigil.serving.install import VERSION_MARKER
 
     name, _ = image_registry
     dest = tmp_path / "deploy" / "model"

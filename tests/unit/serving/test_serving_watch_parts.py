@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI, Request
 
-from vigil.serving.pull import PullError, parse_model_uri, replace_dir
+from vigil.serving.pull import PullError, parse_model_uri
+from vigil.serving.install import replace_dir
 from vigil.serving.watch import AlertTracker, EventSink, SourceError, _read_ahead, open_source
 
 
