@@ -16,15 +16,8 @@ import cv2
 import numpy as np
 
 from vigil.config import PrepareConfig, VideoPrep
-from vigil.data.ingest import (
-    IMAGE_EXTENSIONS,
-    ClipRecord,
-    FrameLabel,
-    VideoSource,
-    mask_path,
-    origin_of,
-    scan_video,
-)
+from vigil.data.ingest import IMAGE_EXTENSIONS, origin_of
+from vigil.data.ingest_video import ClipRecord, FrameLabel, VideoSource, mask_path, scan_video
 from vigil.data.prepare_items import (
     BadFiles,
     ItemError,

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vigil.data.ingest import IngestError, mask_path, read_frame_labels, scan_images, scan_video
+from vigil.data.ingest import IngestError, scan_images
+from vigil.data.ingest_video import mask_path, read_frame_labels, scan_video
 from vigil.data.video import (
     FrameResampler,
     VideoDecodeError,
