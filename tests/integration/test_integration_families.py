@@ -112,7 +112,10 @@ def test_plugin_family_and_per_dataset_overrides_through_the_pipeline(project, t
     table = loaded.predict(__import__("pandas").DataFrame({"image": [png]}))
     score = float(table["score"][0])
 
-    # vigil serve over HTTP answers with the same score
+    # vigil serve over HTTP answers with the same score; serving refuses a version the gate did
+    # not pass unless a person forces it on the record (the tiny model is not gate-worthy)
+    _run([str(VENV_BIN / "vigil"), "promote", "--model", "vigil-mini-image", "--force",
+          str(version), "--reason", "plugin family test"], root, env)
     port = free_port()
     server = subprocess.Popen(
         [str(VENV_BIN / "vigil"), "serve", "--model-uri", f"models:/vigil-mini-image/{version}",

@@ -155,8 +155,10 @@ def verify_package(package_dir: Path | str, release, *, label: str = "package") 
 
     try:
         return verify_release(package_dir, release)
-    except (IntegrityError, OSError) as error:
-        raise ChecksumMismatchError(f"{label}: {error}") from error
+    except IntegrityError as error:  # its message names the model version already
+        raise ChecksumMismatchError(str(error)) from error
+    except OSError as error:
+        raise ChecksumMismatchError(f"{label}: cannot read the package: {error}") from error
 
 
 def _get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
