@@ -48,13 +48,13 @@ def pg_study():
 def _params(tmp_path: Path, n_trials: int):
     space = tmp_path / "space.yaml"
     space.write_text(
-        "image:\n  depth: {choices: [1, 2]}\n  latent_channels: {low: 2, high: 16, log: true}\n"
+        "conv_ae:\n  depth: {choices: [1, 2]}\n  latent_channels: {low: 2, high: 16, log: true}\n"
     )
     return parse_params(
         {
             "data": {"datasets": {"tinysweep": {"source": "tests", "modality": "image"}}},
             "prepare": {"image": {"size": [16, 16], "channels": 3}},
-            "model": {"image": {"depth": 2, "filters": 4, "latent_channels": 4}},
+            "model": {"conv_ae": {"depth": 2, "filters": 4, "latent_channels": 4}},
             "train": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu"},
             "sweep": {
                 "n_trials": n_trials,
