@@ -13,7 +13,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS = [
-    {"atomic", "redact", "threads", "names", "locations", "config", "tracking"},
+    {"atomic", "redact", "threads", "names", "locations", "config_base", "config", "tracking"},
     {"data"},
     {"models"},
     {"detector"},
