@@ -39,6 +39,11 @@ def _write_params(path: Path, **overrides: dict) -> None:
         frame_size=32, n_train_videos=2, n_test_videos=2, frames_per_video=24
     )
     params["sweep"].update(n_trials=2, epochs_per_trial=1)
+    # The seeds' gate (precision >= 0.9, recall >= 0.8, calibrated at that precision): on a test
+    # split this small a 5 % false-alarm bar is decided by one or two images; that bar has its
+    # own tests (tests/unit/registry/test_registry_gate.py, test_integration_register_policy.py)
+    params["gate"]["max_false_alarm_rate"] = None
+    params["evaluate"]["threshold_method"] = "precision"
     params["train"].update(max_epochs=20, log_images_every_n_epochs=5)
     for section, values in overrides.items():
         for key, value in values.items():
@@ -104,7 +109,7 @@ def test_full_repro_promotes_then_rejects_a_weak_model(project):
     _run([dvc, "repro"], root, env)
 
     first = _decision(root)
-    assert first["passed"] and first["promoted"], first
+    assert first["passed"] and first["promoted"], (first["reasons"], first.get("metrics"))
     assert (root / "reports" / "capsules" / "metrics.json").is_file()
     assert (root / "reports" / "capsules" / "evaluation" / "report.html").is_file()
     uri = env["MLFLOW_TRACKING_URI"]
