@@ -1,13 +1,49 @@
-"""Process groups: is one still alive, and ending all of it (the retrain pipeline's processes)."""
+"""Process groups: is one still alive, ending all of it (the retrain pipeline's processes), and
+turning a termination signal of this process into an exception while it runs one."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 KILL_GRACE_S = 10.0  # between SIGTERM and SIGKILL to a group
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(SystemExit):
+    """This process got SIGTERM or SIGHUP; exits with 128 + the signal number (the shell's
+    convention), after the ``finally`` blocks on the way out have run."""
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise ``Terminated`` in the main thread instead of
+    ending the process at once, so ``finally`` blocks run (a child process group is ended, a
+    lock released). Only signals left at their default action are taken (a ``nohup``'s ignored
+    SIGHUP stays ignored); a second signal during the cleanup is ignored. A no-op off the main
+    thread, where Python cannot set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [s for s in TERMINATING if signal.getsignal(s) == signal.SIG_DFL]
+
+    def raise_terminated(signum: int, _frame) -> None:
+        for sig in taken:  # the cleanup that follows must not be cut short
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(128 + signum)
+
+    for sig in taken:
+        signal.signal(sig, raise_terminated)
+    try:
+        yield
+    finally:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def group_alive(pgid: int) -> bool:

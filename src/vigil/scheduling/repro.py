@@ -8,8 +8,9 @@ new session (``start_new_session=True``: its own process group, pgid = its pid),
 - the group is recorded in the retrain lock (``vigil.scheduling.lock.note_process_group``): if
   this process dies (``kill -9``), the next cycle sees the pipeline still running and waits for
   it, or ends it once the lock is stale, instead of starting a second pipeline beside it;
-- an exception or signal in this process (Ctrl-C, SIGTERM turned into an exception) ends the
-  group on the way out.
+- an exception or signal in this process ends the group on the way out: Ctrl-C, and SIGTERM or
+  SIGHUP, which ``vigil.scheduling.procgroup.signals_raise`` turns into ``Terminated`` (a
+  ``SystemExit``) while the group runs; without it Python dies at once and the group lives on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vigil.redact import redact
 from vigil.scheduling import RetrainConfig
 from vigil.scheduling.dvc_tools import dvc_env
 from vigil.scheduling.lock import forget_process_group, note_process_group
-from vigil.scheduling.procgroup import KILL_GRACE_S, end_group, group_alive
+from vigil.scheduling.procgroup import KILL_GRACE_S, end_group, group_alive, signals_raise
 
 
 class ReproError(RuntimeError):
@@ -35,6 +36,16 @@ class ReproError(RuntimeError):
     def __init__(self, message: str, tail: str = "") -> None:
         super().__init__(message)
         self.tail = tail
+
+
+def _echo_output(proc: subprocess.Popen, echo: Callable[[str], None], tail: deque[str]) -> None:
+    """Echo each line of ``proc``'s output, redacted (the stages' output may quote a
+    credentialed store URI), keeping the last ones in ``tail``."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        clean = redact(line.rstrip("\n"))
+        echo(clean)
+        tail.append(clean)
 
 
 def run_in_group(
@@ -48,42 +59,39 @@ def run_in_group(
     """Run ``cmd`` in a new process group, echoing each output line; returns (exit code, last
     lines). After ``timeout_s`` the whole group is ended; the group never outlives this call."""
     tail: deque[str] = deque(maxlen=60)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=root,
-        env=env if env is not None else dvc_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,
-    )
-    pgid = proc.pid
-    note_process_group(pgid)
     timed_out = threading.Event()
+    timer = None
+    with signals_raise():  # SIGTERM / SIGHUP of this process: the finally below still runs
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env if env is not None else dvc_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        try:
+            note_process_group(proc.pid)  # its pgid: a new session's leader
 
-    def on_timeout() -> None:
-        timed_out.set()
-        end_group(pgid, grace_s)
+            def on_timeout() -> None:
+                timed_out.set()
+                end_group(proc.pid, grace_s)
 
-    timer = threading.Timer(timeout_s, on_timeout) if timeout_s else None
-    if timer:
-        timer.daemon = True
-        timer.start()
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # the stages' output may quote a credentialed store URI
-            clean = redact(line.rstrip("\n"))
-            echo(clean)
-            tail.append(clean)
-        code = proc.wait()
-    finally:
-        if timer:
-            timer.cancel()
-        if proc.poll() is None or group_alive(pgid):  # an exception here, or orphans left
-            end_group(pgid, grace_s)
-            proc.wait()
-        forget_process_group(pgid)
+            if timeout_s:
+                timer = threading.Timer(timeout_s, on_timeout)
+                timer.daemon = True
+                timer.start()
+            _echo_output(proc, echo, tail)
+            code = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None or group_alive(proc.pid):  # an exception, signal or orphans
+                end_group(proc.pid, grace_s)
+                proc.wait()
+            forget_process_group(proc.pid)
     if timed_out.is_set():
         tail.append(f"killed (whole process group) after the {timeout_s} s repro timeout")
     return code, "\n".join(tail)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sched_helpers import RETRAIN_YAML
+from test_sched_helpers import RETRAIN_YAML, make_project
 
 from vigil.scheduling import RetrainConfig
 from vigil.scheduling.lock import LockBusyError, RetrainLock, read_owner
@@ -83,6 +84,53 @@ def test_the_lock_records_the_group_and_a_killed_cycle_keeps_it_until_its_pipeli
     with RetrainLock(path, timeout_s=0, stale_after_s=60):
         assert not group_alive(group) and not _running(worker)
         assert read_owner(path).pid == os.getpid()
+
+
+# the tiny project's count stage, blocking: a worker of its own, both pids in a file, then waits
+BLOCKING_COUNT_PY = (
+    "import os, subprocess, sys, time\n"
+    "from pathlib import Path\n"
+    "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "Path('STAGE_PIDS').write_text(f'{os.getpid()} {w.pid}')\n"
+    "time.sleep(120)\n"
+)
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sigterm_of_vigil_retrain_ends_its_dvc_repro_group_and_frees_the_lock(
+    tmp_path: Path, mlflow_store: str
+):
+    root = make_project(tmp_path / "proj")
+    (root / "count.py").write_text(BLOCKING_COUNT_PY)
+    pids = root / "STAGE_PIDS"
+    retrain = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "retrain", "--root", str(root), "--force"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    group = None
+    try:
+        _wait_for(lambda: pids.is_file() and len(pids.read_text().split()) == 2, 120, "the stage")
+        stage, worker = map(int, pids.read_text().split())
+        group = os.getpgid(stage)
+        assert group != os.getpgid(retrain.pid) and group_alive(group)
+        retrain.terminate()  # SIGTERM, as a service manager or `kill` sends it
+        assert retrain.wait(timeout=60) == 128 + signal.SIGTERM
+        _wait_for(lambda: not group_alive(group), 30, f"process group {group} to end")
+        assert not _running(stage) and not _running(worker)
+        assert read_owner(root / RETRAIN_YAML["lock"]["path"]) is None  # the lock was released
+    finally:  # nothing of this test outlives it, whatever failed
+        if retrain.poll() is None:
+            retrain.kill()
+            retrain.wait()
+        if group is not None and group_alive(group):
+            os.killpg(group, signal.SIGKILL)
 
 
 def test_a_dead_holder_whose_pipeline_ended_is_stale_at_once(tmp_path: Path):
