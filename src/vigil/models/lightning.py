@@ -13,7 +13,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics.functional import structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from vigil.models.outputs import AnomalyOutput
 

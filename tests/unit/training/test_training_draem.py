@@ -5,6 +5,7 @@ exactly as evaluated."""
 from __future__ import annotations
 
 import mlflow
+import pytest
 import numpy as np
 import torch
 from conftest import make_image_dataset
@@ -79,3 +80,24 @@ def test_a_wall_clock_budget_stops_training_after_a_validated_epoch(mlflow_store
     params = draem_params(max_epochs=500, max_minutes=0.001, patience=500)
     result = fit(params, data_dir, tmp_path / "models" / "tiny")
     assert 1 <= result.epochs < 500 and result.objective > 0
+
+
+@pytest.mark.parametrize("mode", ["reconstruction", "fused"])
+def test_anomaly_map_modes_and_the_fused_scales_from_normal_images(mode):
+    from vigil.data.torch_datasets import ImageDataset  # noqa: F401  (type of the val images)
+    from vigil.models.draem.training import set_map_scales
+
+    torch.manual_seed(0)
+    net = DraemNetwork(1, DraemConfig(**{**TINY_DRAEM, "anomaly_map": mode, "error_map": "ssim"})).eval()
+    images = [torch.rand(1, 32, 32) for _ in range(6)]
+    set_map_scales(net, images, batch_size=4)
+    x = torch.stack(images)
+    with torch.no_grad():
+        reconstruction, segmentation, rec_error = net.terms(x)
+        out = net(x)
+    assert float(net.seg_scale) == pytest.approx(float(segmentation.mean()), rel=1e-4)
+    assert float(net.rec_scale) == pytest.approx(float(rec_error.mean()), rel=1e-4)
+    if mode == "reconstruction":
+        assert torch.allclose(out.error_map, rec_error)
+    else:  # both terms weigh 1 on the normal images the scales came from
+        assert float(out.error_map.mean()) == pytest.approx(2.0, rel=1e-3)

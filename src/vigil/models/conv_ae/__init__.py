@@ -11,4 +11,5 @@ FAMILY = Family(
     searchable=("depth", "filters", "latent_channels"),
     network="vigil.models.conv_ae.network:ConvAutoencoder",
     training="vigil.models.reconstruction:image_plan",
+    depth_knob="depth",
 )

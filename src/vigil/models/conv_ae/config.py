@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from vigil.config import Strict
+from vigil.models.error_maps import ErrorMapKind
 
 
 class ConvAEConfig(Strict):
@@ -16,3 +17,4 @@ class ConvAEConfig(Strict):
     batch_norm: bool = False
     skip: bool = False  # skip connections let anomalies through: off by default
     error_head: bool = False  # 1-filter conv that predicts the model's own error
+    error_map: ErrorMapKind = "l2"  # anomaly map: l2 | ssim | gradient (vigil.models.error_maps)

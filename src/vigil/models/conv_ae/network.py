@@ -24,11 +24,13 @@ from vigil.models.blocks import (
     padded_size,
 )
 from vigil.models.conv_ae.config import ConvAEConfig
-from vigil.models.outputs import AnomalyOutput, anomaly_output
+from vigil.models.error_maps import error_map
+from vigil.models.outputs import AnomalyOutput
 
 
 class ConvAutoencoder(nn.Module):
-    """Image (B, C, H, W) -> ``AnomalyOutput`` with reconstruction, error map and score."""
+    """Image (B, C, H, W) -> ``AnomalyOutput`` with reconstruction, error map (``cfg.error_map``:
+    l2, ssim or gradient, (B, 1, H, W)) and score (its mean, (B,))."""
 
     def __init__(
         self, in_channels: int, cfg: ConvAEConfig, output: OutputActivation = "sigmoid"
@@ -45,6 +47,7 @@ class ConvAutoencoder(nn.Module):
         self.to_latent = nn.Conv2d(filters[-1], cfg.latent_channels, 3, padding=1)
         self.decoder = ConvDecoder(cfg.latent_channels, filters, in_channels, cfg.batch_norm, cfg.skip)
         self.output = activation(output)
+        self.data_range = 1.0 if output == "sigmoid" else None  # SSIM's range: [0, 1] or per batch
         self.error_head = ErrorHead(filters[0]) if cfg.error_head else None
 
     def encoding_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -74,4 +77,5 @@ class ConvAutoencoder(nn.Module):
         predicted = None
         if self.error_head is not None:
             predicted = self.error_head(features)[..., :height, :width]
-        return anomaly_output(x, reconstruction, predicted)
+        error = error_map(x, reconstruction, self.cfg.error_map, self.data_range)
+        return AnomalyOutput(reconstruction, error, error.flatten(start_dim=1).mean(dim=1), predicted)

@@ -13,4 +13,5 @@ FAMILY = Family(
     searchable=("depth", "filters", "latent_channels"),
     network="vigil.models.draem.network:DraemNetwork",
     training="vigil.models.draem.training:draem_plan",
+    depth_knob="depth",
 )

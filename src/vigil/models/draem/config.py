@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from vigil.config import Strict
+from vigil.models.error_maps import ErrorMapKind
 
 
 class DraemConfig(Strict):
@@ -19,7 +22,11 @@ class DraemConfig(Strict):
     # discriminative (segmentation) network
     seg_filters: int = Field(8, ge=1)  # first level; doubled per level, capped at 128
     seg_depth: int = Field(4, ge=1, le=5)
-    # anomaly map: mean filter over the predicted mask, as a fraction of the shorter image side
+    # anomaly map: segmentation (the predicted mask), reconstruction (the restoration-trained
+    # autoencoder's error_map) or fused (both, each divided by its mean on normal val images)
+    anomaly_map: Literal["segmentation", "reconstruction", "fused"] = "segmentation"
+    error_map: ErrorMapKind = "l2"  # the reconstruction term: l2 | ssim | gradient
+    # mean filter over the predicted mask, as a fraction of the shorter image side
     smooth_fraction: float = Field(0.04, ge=0, le=0.5)
     # synthetic anomalies (training only)
     anomaly_probability: float = Field(0.5, ge=0, le=1)  # share of corrupted training samples

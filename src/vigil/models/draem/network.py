@@ -11,8 +11,14 @@ Discriminative part (``SegmentationNet``): a small U-Net over the channel concat
 Its widths (``seg_filters`` doubled per level, capped at 128; ``seg_depth`` levels) are kept
 small so that inference with a heat map runs at line speed on two CPU cores.
 
-Anomaly map (``error_map``): the predicted anomaly probability, mean-filtered with a kernel of
-``smooth_fraction`` of the shorter side; ``score`` is its maximum (the paper's image score).
+Anomaly map (``AnomalyOutput.error_map``, ``cfg.anomaly_map``):
+- ``segmentation``: the predicted anomaly probability, mean-filtered with a kernel of
+  ``smooth_fraction`` of the shorter side (the paper's map; ``score`` is its maximum);
+- ``reconstruction``: the restoration-trained autoencoder's error (``cfg.error_map``: l2, ssim
+  or gradient, ``vigil.models.error_maps``);
+- ``fused``: ``segmentation / seg_scale + reconstruction / rec_scale``, each term divided by its
+  mean on the normal val images (set after training, ``training.set_map_scales``), so both
+  weigh 1 on normal data.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from vigil.models.blocks import (
     padded_size,
 )
 from vigil.models.draem.config import DraemConfig
+from vigil.models.error_maps import error_map
 from vigil.models.outputs import AnomalyOutput
 
 MAX_SEG_FILTERS = 128
@@ -86,8 +93,8 @@ def mean_filter(maps: torch.Tensor, kernel: int) -> torch.Tensor:
 
 
 class DraemNetwork(nn.Module):
-    """Image (B, C, H, W) -> ``AnomalyOutput(reconstruction, smoothed anomaly probability,
-    max of it, None)``."""
+    """Image (B, C, H, W) -> ``AnomalyOutput(reconstruction, anomaly map (B, 1, H, W) of
+    ``cfg.anomaly_map``, its maximum (B,), None)``."""
 
     def __init__(
         self, in_channels: int, cfg: DraemConfig, output: OutputActivation = "sigmoid"
@@ -105,6 +112,9 @@ class DraemNetwork(nn.Module):
         self.to_latent = nn.Conv2d(filters[-1], cfg.latent_channels, 3, padding=1)
         self.decoder = ConvDecoder(cfg.latent_channels, filters, in_channels, False, False)
         self.output = activation(output)
+        self.data_range = 1.0 if output == "sigmoid" else None  # SSIM's range: [0, 1] or per batch
+        self.register_buffer("seg_scale", torch.ones(()))
+        self.register_buffer("rec_scale", torch.ones(()))
         self.segmenter = SegmentationNet(2 * in_channels, cfg.seg_filters, cfg.seg_depth)
 
     def encoding_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -130,8 +140,23 @@ class DraemNetwork(nn.Module):
         mask_logits = self.segmenter(torch.cat([padded, reconstruction], dim=1))
         return reconstruction[..., :height, :width], mask_logits[..., :height, :width]
 
-    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (reconstruction (B, C, H, W), smoothed anomaly probability
+        (B, 1, H, W), reconstruction error (B, 1, H, W)), unscaled."""
         reconstruction, logits = self.segment(x)
         kernel = self.smoothing_kernel(*x.shape[-2:])
-        error_map = mean_filter(torch.sigmoid(logits), kernel)
-        return AnomalyOutput(reconstruction, error_map, error_map.amax(dim=(1, 2, 3)), None)
+        segmentation = mean_filter(torch.sigmoid(logits), kernel)
+        return reconstruction, segmentation, error_map(
+            x, reconstruction, self.cfg.error_map, self.data_range
+        )
+
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+        reconstruction, segmentation, rec_error = self.terms(x)
+        mode = self.cfg.anomaly_map
+        if mode == "segmentation":
+            anomaly = segmentation
+        elif mode == "reconstruction":
+            anomaly = rec_error
+        else:
+            anomaly = segmentation / self.seg_scale + rec_error / self.rec_scale
+        return AnomalyOutput(reconstruction, anomaly, anomaly.amax(dim=(1, 2, 3)), None)

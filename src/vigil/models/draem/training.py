@@ -22,7 +22,8 @@ import time
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional import structural_similarity_index_measure
+from torch.utils.data import DataLoader
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from vigil.config import ImagePrep, TrainConfig
 from vigil.data.prepared import PreparedDataset
@@ -131,6 +132,22 @@ class DraemModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+@torch.inference_mode()
+def set_map_scales(network: DraemNetwork, images: ImageDataset, batch_size: int = 16) -> None:
+    """Each term's mean on the normal ``images`` becomes its scale (``fused`` map: both weigh 1
+    on normal data)."""
+    seg_total = rec_total = 0.0
+    count = 0
+    for batch in DataLoader(images, batch_size=batch_size):
+        _, segmentation, rec_error = network.terms(batch.to(network.seg_scale.device))
+        seg_total += float(segmentation.mean()) * len(batch)
+        rec_total += float(rec_error.mean()) * len(batch)
+        count += len(batch)
+    if count:
+        network.seg_scale.fill_(max(seg_total / count, 1e-8))
+        network.rec_scale.fill_(max(rec_total / count, 1e-8))
+
+
 def settings_of(cfg: DraemConfig) -> AnomalySettings:
     return AnomalySettings(cfg.anomaly_probability, cfg.min_coverage, cfg.max_coverage,
                            cfg.max_opacity)
@@ -140,15 +157,18 @@ def draem_plan(
     network: DraemNetwork, data: PreparedDataset, prep: ImagePrep, train: TrainConfig
 ) -> TrainingPlan:
     """Train: normal train images with fresh synthetic anomalies each epoch (random crops of
-    ``crop`` when set); val: the val images with a fixed draw of them."""
+    ``crop`` when set); val: the val images with a fixed draw of them; finish: the fused map's
+    scales from the clean val images."""
     cfg: DraemConfig = network.cfg
     settings = settings_of(cfg)
     train_set = SyntheticAnomalies(ImageDataset(data, "train", prep), settings, train.seed,
                                    TRAIN_STREAM, crop=cfg.crop)
-    val_set = SyntheticAnomalies(ImageDataset(data, "val", prep), settings, train.seed, VAL_STREAM)
+    val_images = ImageDataset(data, "val", prep)
+    val_set = SyntheticAnomalies(val_images, settings, train.seed, VAL_STREAM)
     module = DraemModule(
         network, lr=train.lr, weight_decay=train.weight_decay,
         data_range=1.0 if prep.normalize == "unit" else None,
         max_minutes=getattr(train, "max_minutes", None), train_set=train_set,
     )
-    return TrainingPlan(module, train_set, val_set)
+    return TrainingPlan(module, train_set, val_set,
+                        finish=lambda model: set_map_scales(model, val_images))
