@@ -42,6 +42,8 @@ class Family:
     that set the encoding size, which the sweep may search. ``network``: ``"module:callable"``
     with signature ``(in_channels, cfg, output) -> nn.Module``. ``training``:
     ``"module:callable"`` with signature ``(network, data, prep, train_cfg) -> TrainingPlan``.
+    ``depth_knob``: the searchable knob that halves the encoding's spatial size per step (the
+    sweep's ``encoding_side`` sets it from the image size; None: the family has none).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Family:
     searchable: tuple[str, ...]
     network: str
     training: str
+    depth_knob: str | None = None
 
     def build(self, in_channels: int, cfg: BaseModel, output: str = "sigmoid") -> Any:
         """A fresh network (raises ``ImageTooSmallError`` later, at the first size check)."""

@@ -4,11 +4,19 @@ The file maps a model family to its knobs: ``conv_ae: {depth: {choices: [2, 3]},
 is ``{choices: [...]}`` or an integer range ``{low, high, log, step}``. Only the knobs a family
 declares ``searchable`` (those that set the encoding size) may be searched; knobs left out keep
 their ``model.<family>`` value from params.yaml.
+
+``encoding_side`` is the knob that follows the input size: the spatial side (pixels, of the
+shorter image side) of the encoding; each trial turns it into the family's ``depth_knob`` for
+the prepared image size (``depth = round(log2(min(H, W) / side))``, at least 1). With
+``depth: {choices: [2, 3, 4]}`` the same configuration gave a 16x larger code at 256x256 than at
+64x64 (and reconstructed anomalies); ``encoding_side: {choices: [4, 8, 16]}`` keeps the code's
+spatial size, and so what it can copy through, the same at every input size.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from vigil.config import ConfigError, ModelConfig
-from vigil.models.registry import UnknownFamilyError, get_family
+from vigil.models.registry import Family, UnknownFamilyError, get_family
+
+ENCODING_SIDE = "encoding_side"
 
 
 class SearchSpaceError(ConfigError):
@@ -79,14 +89,20 @@ class SearchSpace(_Strict):
     def _known_knobs(self) -> SearchSpace:
         for name, knobs in self.families.items():
             try:
-                allowed = get_family(name).searchable
+                family = get_family(name)
             except UnknownFamilyError as error:
                 raise ValueError(str(error)) from None
+            allowed = _searchable(family)
             unknown = sorted(set(knobs) - set(allowed))
             if unknown:
                 raise ValueError(
                     f"{name}: cannot search {', '.join(unknown)} (searchable: "
                     f"{', '.join(allowed)})"
+                )
+            if ENCODING_SIDE in knobs and family.depth_knob in knobs:
+                raise ValueError(
+                    f"{name}: search {ENCODING_SIDE} or {family.depth_knob}, not both "
+                    f"({ENCODING_SIDE} sets {family.depth_knob} from the image size)"
                 )
         return self
 
@@ -99,6 +115,17 @@ class SearchSpace(_Strict):
                 f"missing or empty); add e.g. {example}: {{choices: [2, 3]}}"
             )
         return knobs
+
+
+def _searchable(family: Family) -> tuple[str, ...]:
+    """Knobs the family may search: its own plus ``encoding_side`` when it has a depth knob."""
+    return family.searchable + ((ENCODING_SIDE,) if family.depth_knob else ())
+
+
+def depth_for_side(side: int, height: int, width: int) -> int:
+    """Downsampling steps that bring the shorter of ``height`` x ``width`` closest to ``side``
+    pixels (at least 1): 64 px and side 8 -> 3, 256 px and side 8 -> 5."""
+    return max(1, round(math.log2(min(height, width) / side)))
 
 
 def _format(path: Path, error: ValidationError) -> str:
@@ -160,9 +187,18 @@ def grid_size(knobs: dict[str, Knob]) -> int:
     return len(list(itertools.product(*grid(knobs).values())))
 
 
-def model_config(base: ModelConfig, family: str, values: dict[str, int]):
-    """The family's params.yaml knobs (``model.<family>``) with the searched ones replaced."""
+def model_config(
+    base: ModelConfig, family: str, values: dict[str, int], size: tuple[int, int] | None = None
+):
+    """The family's params.yaml knobs (``model.<family>``) with the searched ones replaced;
+    ``encoding_side`` becomes the family's depth knob for images of ``size`` (H, W)."""
     current = base.family_config(family)
+    values = dict(values)
+    if ENCODING_SIDE in values:
+        if size is None:
+            raise ValueError(f"{ENCODING_SIDE} needs the image size")
+        knob = get_family(family).depth_knob
+        values[knob] = depth_for_side(values.pop(ENCODING_SIDE), *size)
     try:
         return type(current).model_validate({**current.model_dump(), **values})
     except ValidationError as error:

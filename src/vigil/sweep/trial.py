@@ -60,7 +60,9 @@ class Objective:
         from vigil.training import fit
 
         values = suggest(trial, self.knobs)
-        cfg = model_config(self.params.for_dataset(self.data.name).model, self.family, values)
+        cfg = model_config(
+            self.params.for_dataset(self.data.name).model, self.family, values, self.data.size
+        )
         trial.set_user_attr("model", cfg.model_dump(mode="json"))
         trial.set_user_attr("worker", worker_id())
         pruning = OptunaPruning(trial, self._scorer(trial))

@@ -9,15 +9,23 @@ import pytest
 
 from vigil.config import ModelConfig
 from vigil.models.conv_ae.config import ConvAEConfig
-from vigil.sweep.space import SearchSpaceError, grid, load_space, model_config, parse_space, suggest
+from vigil.sweep.space import (
+    SearchSpaceError,
+    depth_for_side,
+    grid,
+    load_space,
+    model_config,
+    parse_space,
+    suggest,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 def test_shipped_space_is_valid():
     space = load_space(REPO / "configs" / "search_space.yaml")
-    assert set(space.knobs("conv_ae")) == {"depth", "filters", "latent_channels"}
-    assert set(space.knobs("convlstm")) == {"encoder_depth", "filters", "hidden_channels"}
+    assert set(space.knobs("conv_ae")) == {"encoding_side", "filters", "latent_channels"}
+    assert set(space.knobs("convlstm")) == {"encoding_side", "filters", "hidden_channels"}
 
 
 def test_log_range_grid_and_choices():
@@ -78,3 +86,23 @@ def test_suggest_feeds_a_valid_model_config():
     assert type(cfg) is ConvAEConfig
     assert cfg.depth in (2, 3) and 4 <= cfg.latent_channels <= 32
     assert cfg.filters == 8 and cfg.skip  # not searched: params.yaml value kept
+
+
+@pytest.mark.parametrize(("size", "side", "depth"), [((64, 64), 8, 3), ((256, 256), 8, 5),
+                                                     ((128, 96), 16, 3), ((16, 16), 32, 1)])
+def test_encoding_side_follows_the_image_size(size, side, depth):
+    base = ModelConfig.model_validate({})
+    cfg = model_config(base, "conv_ae", {"encoding_side": side, "latent_channels": 8}, size)
+    assert cfg.depth == depth and cfg.latent_channels == 8
+    assert depth_for_side(side, *size) == depth
+
+
+def test_encoding_side_sets_each_familys_own_depth_knob():
+    base = ModelConfig.model_validate({})
+    assert model_config(base, "convlstm", {"encoding_side": 16}, (64, 64)).encoder_depth == 2
+    assert model_config(base, "future_frame", {"encoding_side": 8}, (64, 64)).depth == 3
+
+
+def test_encoding_side_and_the_depth_knob_are_exclusive():
+    with pytest.raises(SearchSpaceError, match="encoding_side or depth, not both"):
+        parse_space({"conv_ae": {"encoding_side": {"choices": [8]}, "depth": {"choices": [3]}}})

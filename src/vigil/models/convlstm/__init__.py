@@ -11,4 +11,5 @@ FAMILY = Family(
     searchable=("encoder_depth", "filters", "hidden_channels"),
     network="vigil.models.convlstm.network:FramePredictor",
     training="vigil.models.reconstruction:clip_plan",
+    depth_knob="encoder_depth",
 )

@@ -13,4 +13,5 @@ FAMILY = Family(
     searchable=("depth", "filters", "bottleneck_channels"),
     network="vigil.models.future_frame.network:FutureFramePredictor",
     training="vigil.models.future_frame.training:plan",
+    depth_knob="depth",
 )
