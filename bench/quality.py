@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/quality.py [--tile ../shared/data/magnetic_tile]
         [--ped2 ../shared/data/ucsd_ped2] [--only tile|ped2|capsules ...] [--keep]
-        [--families conv_ae,draem] [--size 128] [--max-minutes 4] [--trials 0]
+        [--families conv_ae,draem@128] [--size 128] [--max-minutes 4] [--trials 0]
         [--video-families convlstm,future_frame] [--only ped2 print]
 
 Image datasets (tile, capsules: the built-in generated capsules) run once per image family of
@@ -83,13 +83,13 @@ IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "fal
 
 def family_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     """Lines of the side-by-side table: one row per (dataset, family) run."""
-    lines = [f"{'dataset':10} {'family':8} " + " ".join(f"{k:>19}" for k in IMAGE_KEYS)
+    lines = [f"{'dataset':10} {'family':12} " + " ".join(f"{k:>19}" for k in IMAGE_KEYS)
              + f" {'train_min':>9} {'epochs':>6}"]
     for name, (base, family) in runs.items():
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
         train = json.loads((project / "models" / name / "train.json").read_text())
         cells = " ".join(f"{metrics.get(k, float('nan')):>19.3f}" for k in IMAGE_KEYS)
-        lines.append(f"{base:10} {family:8} {cells} {train['wall_time_s'] / 60:>9.1f} "
+        lines.append(f"{base:10} {family:12} {cells} {train['wall_time_s'] / 60:>9.1f} "
                      f"{train.get('epochs', '?'):>6}")
     return lines
 
@@ -152,7 +152,8 @@ def main() -> None:
     parser.add_argument("--ped2", type=Path, default=SHARED / "ucsd_ped2")
     parser.add_argument("--only", nargs="+", choices=("tile", "ped2", "capsules", "print"))
     parser.add_argument("--families", default="conv_ae,draem",
-                        help="image families compared on each image dataset (comma-separated)")
+                        help="image families compared on each image dataset (comma-separated; "
+                             "family@N also sets that run's image size to N x N)")
     parser.add_argument("--video-families", default="convlstm",
                         help="video families compared on each video dataset (comma-separated)")
     parser.add_argument("--size", type=int, help="prepare.image.size (square), default: params")
@@ -186,9 +187,14 @@ def main() -> None:
                 wanted[f"{name}_{family}"] = {**sources[name], "model": {"video_family": family}}
                 video_runs[f"{name}_{family}"] = (name, family)
             continue
-        for family in families:
-            wanted[f"{name}_{family}"] = {**sources[name], "model": {"image_family": family}}
-            runs[f"{name}_{family}"] = (name, family)
+        for entry in families:
+            family, _, size = entry.partition("@")
+            dataset = {**sources[name], "model": {"image_family": family}}
+            if size:  # family@size: this run's prepare.image.size, over --size and params
+                dataset = deep_merge(dataset, {"prepare": {"image": {"size": [int(size)] * 2}}})
+            key = f"{name}_{family}" + (f"_{size}" if size else "")
+            wanted[key] = dataset
+            runs[key] = (name, entry)
     shrink: dict[str, dict] = {}
     if args.size:
         shrink["prepare"] = {"image": {"size": [args.size, args.size]}}
