@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv repro test test-all lint bench clean-stores
+.PHONY: venv repro exp-show test test-all lint bench clean-stores
 
 venv: $(STAMP)
 
@@ -26,6 +26,18 @@ $(STAMP): pyproject.toml
 
 repro: venv
 	$(VENV)/bin/dvc repro
+
+# `dvc exp show` trimmed to what tells experiments apart (README "What runs"): Experiment, Created,
+# each dataset's headline metrics (AUROC, recall and false-alarm rate at the threshold, event
+# recall), and only the params whose value differs between the rows; no dependency hashes. DVC's
+# own flags: --keep protects columns, --only-changed drops params (and the rest) equal in all rows,
+# --drop removes every column that is not a param (a param's name is `section.key`).
+EXP_SHOW_KEEP := Experiment$$|Created$$|image_auroc$$|frame_auroc$$|event_recall$$|(.*:)?(recall_at_threshold|false_alarm_rate)$$
+EXP_SHOW_DROP := (?!State$$|Executor$$|[a-z][a-z0-9_]*\.)
+EXP_SHOW_ARGS ?=
+
+exp-show: venv
+	$(VENV)/bin/dvc exp show --only-changed --keep '$(EXP_SHOW_KEEP)' --drop '$(EXP_SHOW_DROP)' $(EXP_SHOW_ARGS)
 
 test: venv lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).parent))  # the pipeline test's helpers live beside
 from test_integration_pipeline import (  # noqa: E402 (after the sys.path insert)
     _run,
@@ -71,3 +73,29 @@ def test_dvc_exp_run_works_without_the_venv_on_path(project):  # noqa: F811 (the
     shown = json.loads(_run([dvc, "exp", "show", "--json"], root, env))
     names = [exp.get("name") for baseline in shown for exp in baseline.get("experiments") or []]
     assert "blur3" in names, out
+
+
+def test_make_exp_show_is_the_headline_metrics_and_the_params_that_differ(project):  # noqa: F811
+    """`dvc exp show` lists every metric, param and dependency hash (over 200 columns on this
+    project); `make exp-show` (DVC's --only-changed / --keep / --drop) keeps the headline
+    metrics and the params whose value differs between the rows. A workspace edit stands in for
+    an experiment: both are rows beside the baseline commit."""
+    root, env = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["median_blur"] += 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def columns(command: list[str]) -> list[str]:
+        return _run(command, root, env).splitlines()[0].split(",")
+
+    everything = columns([str(VENV / "bin" / "dvc"), "exp", "show", "--csv"])
+    # -o: the shared venv's install stamp counts as up to date (make must not reinstall it)
+    shown = columns(["make", "-s", "-o", f"{VENV}/.installed", f"VENV={VENV}", "exp-show",
+                     "EXP_SHOW_ARGS=--csv"])
+    metrics = ["image_auroc", "frame_auroc", "event_recall"] + [
+        f"reports/{d}/metrics.json:{m}"
+        for d in ("capsules", "print")
+        for m in ("recall_at_threshold", "false_alarm_rate")
+    ]
+    assert len(everything) > 200
+    assert sorted(shown) == sorted(["Experiment", "Created", *metrics, "evaluate.median_blur"])
