@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_dir or Path("models") / args.dataset,
             args.out or Path("reports") / args.dataset,
             log_mlflow=not args.no_mlflow,
+            base_dir=args.params.resolve().parent,
         )
     except (ConfigError, PreparedDataError, ModelSpecError, DetectorError, EvaluationError,
             MetricsInputError, TrackingError, ValueError) as error:

@@ -214,8 +214,11 @@ def evaluate(
     out_dir: Path | str,
     *,
     log_mlflow: bool = True,
+    base_dir: Path | str = ".",
 ) -> EvaluationResult:
-    """Run the whole stage for ``dataset``; see the module docstring for what it writes."""
+    """Run the whole stage for ``dataset``; see the module docstring for what it writes.
+    ``base_dir``: the params file's folder, where relative dataset sources are (the report
+    shows its examples on those inputs)."""
     data_dir, model_dir, out_dir = Path(data_dir), Path(model_dir), Path(out_dir)
     params = params.for_dataset(dataset)
     cfg = params.evaluate
@@ -265,7 +268,9 @@ def evaluate(
     report_dir = out_dir / REPORT_DIR
     if evidence == E.EVIDENCE_LABELLED:
         write_plot_data(out_dir, test, calibration.threshold)
-        figures = draw_figures(data, test, metrics, calibration, detector, report_dir)
+        figures = draw_figures(
+            data, test, metrics, calibration, detector, report_dir, Path(base_dir)
+        )
     else:
         E.write_unlabelled_plot_data(out_dir, test)
         figures = E.unlabelled_figures(

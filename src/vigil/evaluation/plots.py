@@ -93,11 +93,16 @@ def plot_examples(
 ) -> Path:
     """A grid, one row per example: input, heat-map overlay, and ground-truth mask if any.
 
-    Each panel: ``image`` uint8 (H, W, C) RGB/gray, ``overlay`` uint8 (H, W, 3) BGR, optional
-    ``mask`` (H, W) {0,1} ground truth, optional ``pred_mask`` (H, W) {0,1}, ``caption`` str.
+    Each panel: ``image`` uint8 (H, W[, C]) RGB/gray, ``overlay`` uint8 (H, W, 3) BGR, optional
+    ``mask`` (H, W) in [0, 1] ground truth, optional ``pred_mask`` (H, W) in [0, 1] (outlined
+    at 0.5), ``caption`` str. A cell is at least 2.2 in wide, and wide enough to show the
+    largest image pixel for pixel.
     """
     rows = max(1, len(panels))
-    fig, axes = plt.subplots(rows, 3, figsize=(6.6, 2.35 * rows), squeeze=False,
+    height, width = np.max([p["image"].shape[:2] for p in panels], axis=0) if panels else (1, 1)
+    cell_w = max(2.2, width / DPI + 0.2)
+    cell_h = cell_w * height / width + 0.15  # + the caption
+    fig, axes = plt.subplots(rows, 3, figsize=(3 * cell_w, cell_h * rows), squeeze=False,
                              layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
