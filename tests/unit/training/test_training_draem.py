@@ -38,7 +38,7 @@ def draem_params(**train):
 def test_network_maps_are_probabilities_of_the_input_size():
     family = get_family("draem")
     assert family.modality == "image" and set(family.searchable) <= set(DraemConfig.model_fields)
-    net = family.build(1, DraemConfig(**TINY_DRAEM)).eval()
+    net = family.build(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation")).eval()
     assert isinstance(net, DraemNetwork)
     assert net.encoding_shape(30, 36) == (4, 8, 9)  # padded to a multiple of 4
     with torch.no_grad():

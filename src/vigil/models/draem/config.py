@@ -24,8 +24,9 @@ class DraemConfig(Strict):
     seg_depth: int = Field(4, ge=1, le=5)
     # anomaly map: segmentation (the predicted mask), reconstruction (the restoration-trained
     # autoencoder's error_map) or fused (both, each divided by its mean on normal val images)
-    anomaly_map: Literal["segmentation", "reconstruction", "fused"] = "segmentation"
-    error_map: ErrorMapKind = "l2"  # the reconstruction term: l2 | ssim | gradient
+    # fused and ssim: chosen on the tune split of the magnetic tiles (bench/quality.py, README)
+    anomaly_map: Literal["segmentation", "reconstruction", "fused"] = "fused"
+    error_map: ErrorMapKind = "ssim"  # the reconstruction term: l2 | ssim | gradient
     # mean filter over the predicted mask, as a fraction of the shorter image side
     smooth_fraction: float = Field(0.04, ge=0, le=0.5)
     # synthetic anomalies (training only)
