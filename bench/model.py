@@ -1,9 +1,12 @@
 """Model benchmark: training images/s and inference frames/s of the default models.
 
     .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N] [--device cuda]
+        [--image-families conv_ae,draem] [--video-families convlstm,future_frame]
 
-For the default image and video model families of params.yaml (``model.image_family`` /
-``model.video_family`` with their ``model.<family>`` knobs), at each size and at batch 1 and 32:
+For the image and video model families (default: params.yaml's ``model.image_family`` /
+``model.video_family``; ``--image-families`` / ``--video-families`` compare several in one run,
+each with its ``model.<family>`` knobs, and print each one's inference rate as a ratio of the
+first one's at the same size and batch), at each size and at batch 1 and 32:
 
 - inference frames/s: image = ``to_tensor`` + model + heat-map post-processing
   (``vigil.detector.postprocess.smooth_map`` + ``image_score``, when that module is present);
@@ -93,14 +96,13 @@ def machine_peaks(seconds: float) -> dict[str, float]:
     return {"conv3x3_gflops": conv_flops * conv_rate / 1e9, "mm_gflops": 2 * 2048**3 * mm_rate / 1e9}
 
 
-def build(modality: str, size: int):
+def build(modality: str, family: str, size: int):
     from vigil.config import load_params
     from vigil.models.spec import build_model, model_spec
 
     params = load_params(ROOT / "params.yaml")
     prep = params.prepare.image if modality == "image" else params.prepare.video
     prep = prep.model_copy(update={"size": (size, size)})
-    family = params.model.family_name(modality)
     cfg = params.model.family_config(family)
     spec = model_spec(family, prep.channels, (size, size), cfg, prep=prep)
     return build_model(spec).to(DEVICE), prep, params
@@ -116,13 +118,13 @@ def heat_map_postprocess(params):
     return lambda maps: image_score(smooth_map(maps, cfg), cfg)
 
 
-def bench_image(size: int, batches: list[int], seconds: float) -> list[dict]:
+def bench_image(family: str, size: int, batches: list[int], seconds: float) -> list[dict]:
     import numpy as np
     import torch
 
     from vigil.data.preprocess import to_tensor
 
-    model, prep, params = build("image", size)
+    model, prep, params = build("image", family, size)
     post = heat_map_postprocess(params)
     rows = []
     for batch in batches:
@@ -140,15 +142,15 @@ def bench_image(size: int, batches: list[int], seconds: float) -> list[dict]:
         infer_rate = timed_rate(infer, batch, seconds)
         train_inputs = to_tensor(frames, prep).to(DEVICE)
         train_rate, train_flops = bench_training(model, train_inputs, batch, seconds)
-        rows.append(result_row("image", size, batch, infer_rate, flops / batch, train_rate,
+        rows.append(result_row(family, size, batch, infer_rate, flops / batch, train_rate,
                                train_flops / batch, post is not None))
     return rows
 
 
-def bench_video(size: int, batches: list[int], seconds: float) -> list[dict]:
+def bench_video(family: str, size: int, batches: list[int], seconds: float) -> list[dict]:
     import torch
 
-    model, prep, params = build("video", size)
+    model, prep, params = build("video", family, size)
     clip_len = params.prepare.video.clip_len
     rows = []
     for batch in batches:
@@ -170,7 +172,7 @@ def bench_video(size: int, batches: list[int], seconds: float) -> list[dict]:
         infer_rate = timed_rate(infer, batch, seconds)
         clips = torch.rand(batch, clip_len, prep.channels, size, size, device=DEVICE)
         train_rate, train_flops = bench_training(model, clips, batch * clip_len, seconds)
-        rows.append(result_row("video", size, batch, infer_rate, flops / batch, train_rate,
+        rows.append(result_row(family, size, batch, infer_rate, flops / batch, train_rate,
                                train_flops / (batch * clip_len), True))
     return rows
 
@@ -192,9 +194,9 @@ def bench_training(model, inputs, frames: int, seconds: float) -> tuple[float, f
     return timed_rate(step, frames, seconds, min_calls=1, warm_up=False), flops
 
 
-def result_row(modality, size, batch, infer_rate, infer_flops, train_rate, train_flops, heat):
+def result_row(family, size, batch, infer_rate, infer_flops, train_rate, train_flops, heat):
     return {
-        "model": modality, "size": size, "batch": batch,
+        "model": family, "size": size, "batch": batch,
         "infer_fps": infer_rate, "infer_gflop_per_frame": infer_flops / 1e9,
         "infer_gflops": infer_rate * infer_flops / 1e9,
         "train_fps": train_rate, "train_gflops": train_rate * train_flops / 1e9,
@@ -211,9 +213,9 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "peaks":
         out = machine_peaks(args.seconds)
     else:
-        modality, size = args.worker.split(":")
+        modality, family, size = args.worker.split(":")
         fn = bench_image if modality == "image" else bench_video
-        out = {"rows": fn(int(size), args.batches, args.seconds)}
+        out = {"rows": fn(family, int(size), args.batches, args.seconds)}
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if DEVICE != "cpu":
         out["peak_rss_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malloc", choices=["both", "default", "tuned"], default="both")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--image-families", help="comma-separated (default: params.yaml's)")
+    parser.add_argument("--video-families", help="comma-separated (default: params.yaml's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -253,36 +257,51 @@ def main(argv: list[str] | None = None) -> int:
           f"load average before: {os.getloadavg()[0]:.2f}")
     if args.device != "cpu":
         variants = {"default": {}}  # malloc tuning is about CPU activations
+    from vigil.config import load_params
+
+    defaults = load_params(ROOT / "params.yaml").model
+    families = {
+        modality: [f.strip() for f in (given or defaults.family_name(modality)).split(",") if f.strip()]
+        for modality, given in (("image", args.image_families), ("video", args.video_families))
+    }
     report = {}
     for name, env in variants.items():
         peaks = run_worker("peaks", env, args)
         print(f"\n[malloc {name}] 3x3 conv {peaks['conv3x3_gflops']:.0f} GFLOP/s, "
               f"matmul {peaks['mm_gflops']:.0f} GFLOP/s")
-        print(f"{'model':6} {'size':>4} {'batch':>5} {'infer f/s':>10} {'GFLOP/f':>8} "
+        print(f"{'model':12} {'size':>4} {'batch':>5} {'infer f/s':>10} {'ratio':>6} {'GFLOP/f':>8} "
               f"{'GFLOP/s':>8} {'%conv':>6} {'%mm':>5} {'train f/s':>10} {'GFLOP/s':>8} "
               f"{'%conv':>6} {'peak MiB':>9}")  # peak MiB: process RSS, or GPU memory on a GPU
         rows = []
         for modality in ("image", "video"):
-            for size in args.sizes:
-                out = run_worker(f"{modality}:{size}", env, args)
-                for row in out["rows"]:
-                    row["peak_rss_mib"] = out["peak_rss_mib"]
-                    rows.append(row)
-                    print(f"{row['model']:6} {row['size']:>4} {row['batch']:>5} "
-                          f"{row['infer_fps']:>10.1f} {row['infer_gflop_per_frame']:>8.3f} "
-                          f"{row['infer_gflops']:>8.1f} "
-                          f"{100 * row['infer_gflops'] / peaks['conv3x3_gflops']:>5.0f}% "
-                          f"{100 * row['infer_gflops'] / peaks['mm_gflops']:>4.0f}% "
-                          f"{row['train_fps']:>10.1f} {row['train_gflops']:>8.1f} "
-                          f"{100 * row['train_gflops'] / peaks['conv3x3_gflops']:>5.0f}% "
-                          f"{row['peak_rss_mib']:>9.0f}")
+            first: dict[tuple[int, int], float] = {}  # (size, batch) -> the first family's rate
+            for family in families[modality]:
+                for size in args.sizes:
+                    out = run_worker(f"{modality}:{family}:{size}", env, args)
+                    for row in out["rows"]:
+                        row["modality"] = modality
+                        row["peak_rss_mib"] = out["peak_rss_mib"]
+                        base = first.setdefault((size, row["batch"]), row["infer_fps"])
+                        row["infer_ratio"] = row["infer_fps"] / base
+                        rows.append(row)
+                        print(f"{row['model']:12} {row['size']:>4} {row['batch']:>5} "
+                            f"{row['infer_fps']:>10.1f} {row['infer_ratio']:>6.2f} "
+                            f"{row['infer_gflop_per_frame']:>8.3f} "
+                            f"{row['infer_gflops']:>8.1f} "
+                            f"{100 * row['infer_gflops'] / peaks['conv3x3_gflops']:>5.0f}% "
+                            f"{100 * row['infer_gflops'] / peaks['mm_gflops']:>4.0f}% "
+                            f"{row['train_fps']:>10.1f} {row['train_gflops']:>8.1f} "
+                            f"{100 * row['train_gflops'] / peaks['conv3x3_gflops']:>5.0f}% "
+                            f"{row['peak_rss_mib']:>9.0f}")
         report[name] = {"peaks": peaks, "rows": rows}
-    target = [r for r in report.get("tuned", report.get("default", {})).get("rows", [])
-              if r["model"] == "image" and r["size"] == 256]
-    if target:
-        best = max(r["infer_fps"] for r in target)
-        print(f"\ntarget: default image model at 256x256 >= 55 frames/s incl. heat map: "
-              f"{best:.1f} frames/s ({'met' if best >= 55 else 'NOT met'})")
+    for family in families["image"]:
+        target = [r for r in report.get("tuned", report.get("default", {})).get("rows", [])
+                  if r["modality"] == "image" and r["model"] == family and r["size"] == 256
+                  and r["batch"] == 1]
+        if target:
+            best = max(r["infer_fps"] for r in target)
+            print(f"target: {family} at 256x256, batch 1 >= 55 frames/s incl. heat map: "
+                  f"{best:.1f} frames/s ({'met' if best >= 55 else 'NOT met'})")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
