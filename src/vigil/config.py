@@ -99,7 +99,7 @@ class GenerateConfig(Strict):
 class ImagePrep(Strict):
     """Preprocessing shared by the prepare stage and serving (one code path)."""
 
-    size: FrameSize = (64, 64)  # (height, width) after resize
+    size: FrameSize = (128, 128)  # (height, width) after resize
     channels: Literal[1, 3] = 3  # 1 = gray, 3 = RGB (converted from OpenCV's BGR)
     equalize: Literal["none", "hist", "clahe"] = "none"
     clahe_clip: float = Field(2.0, gt=0)
@@ -109,6 +109,7 @@ class ImagePrep(Strict):
 
 
 class VideoPrep(ImagePrep):
+    size: FrameSize = (64, 64)
     channels: Literal[1, 3] = 1
     fps: float | None = 15  # resample to this rate; None keeps the source rate
     clip_len: int = Field(8, ge=2)  # frames per training clip
@@ -141,7 +142,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    image_family: str = "conv_ae"
+    image_family: str = "draem"
     video_family: str = "future_frame"
 
     @model_validator(mode="after")
@@ -210,7 +211,7 @@ class TrainConfig(Strict):
     num_workers: int = Field(0, ge=0)
     log_images_every_n_epochs: int = Field(5, ge=1)
     accelerator: str = "auto"
-    max_minutes: float | None = Field(None, gt=0)  # wall-clock budget of one training (None: none)
+    max_minutes: float | None = Field(20, gt=0)  # wall-clock budget of one training (None: none)
 
 
 # --- sweep -----------------------------------------------------------------------------------
