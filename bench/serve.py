@@ -16,7 +16,8 @@ it twice: resampled to the model's rate (what `vigil watch` does) and scoring ev
 worst case). It keeps up with a 55 fps camera when source frames are consumed at >= 55 frames/s.
 
 Without ``--model-dir`` the models have the default configuration of params.yaml (untrained
-weights: speed does not depend on them).
+weights: speed does not depend on them). ``bench/servers.py`` compares ``vigil serve`` with
+``mlflow models serve`` and MLServer on one registered package.
 """
 
 from __future__ import annotations
@@ -39,15 +40,14 @@ sys.path.insert(0, str(ROOT / "src"))
 import vigil  # noqa: E402,F401  (first: OpenMP defaults before torch loads, see vigil.threads)
 
 
-def build_default_package(root: Path, modality: str) -> Path:
-    """A package's artifact folder (a calibrated detector: detector.json + weights) of
-    params.yaml's default model family for ``modality`` (untrained, threshold 0.01)."""
+def build_default_detector(root: Path, modality: str) -> Path:
+    """A detector folder (detector.json + weights, what evaluate writes) of params.yaml's
+    default model family for ``modality`` (untrained, threshold 0.01)."""
     import torch
 
     from vigil.config import load_params
     from vigil.detector import Detector, DetectorRecord
     from vigil.models.spec import build_model, model_spec
-    from vigil.registry.package import stage_artifacts
 
     params = load_params(ROOT / "params.yaml")
     prep = params.prepare.image if modality == "image" else params.prepare.video
@@ -59,7 +59,14 @@ def build_default_package(root: Path, modality: str) -> Path:
         spec=spec, postprocess=params.evaluate, threshold=0.01, pixel_threshold=0.01,
         dataset=f"bench-{modality}",
     )
-    detector_dir = Detector(build_model(spec), record).save(root / f"detector-{modality}")
+    return Detector(build_model(spec), record).save(root / f"detector-{modality}")
+
+
+def build_default_package(root: Path, modality: str) -> Path:
+    """A package's artifact folder (a calibrated detector) of ``build_default_detector``."""
+    from vigil.registry.package import stage_artifacts
+
+    detector_dir = build_default_detector(root, modality)
     return stage_artifacts(detector_dir, root / f"package-{modality}")
 
 
@@ -107,7 +114,15 @@ def start_service(model_dir: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("service did not become ready in 120 s")
 
 
-async def load_level(url: str, body: bytes, clients: int, duration: float) -> dict:
+async def load_level(
+    url: str,
+    body: bytes,
+    clients: int,
+    duration: float,
+    path: str = "/score",
+    content_type: str = "image/png",
+) -> dict:
+    """``clients`` concurrent clients POST ``body`` to ``url + path`` for ``duration`` s."""
     import httpx
 
     latencies: list[float] = []
@@ -123,7 +138,7 @@ async def load_level(url: str, body: bytes, clients: int, duration: float) -> di
                 started = time.perf_counter()
                 try:
                     response = await http.post(
-                        "/score", content=body, headers={"content-type": "image/png"}
+                        path, content=body, headers={"content-type": content_type}
                     )
                     status = response.status_code
                 except httpx.HTTPError:
