@@ -38,11 +38,11 @@ def error_map(
 
     ``data_range`` is SSIM's dynamic range (1.0 for inputs in [0, 1]; None: each batch's own
     range, for z-scored inputs)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
     if kind == "l2":
         return (reconstruction - target).pow(2).mean(dim=1, keepdim=True)
     if kind == "ssim":
+        from torchmetrics.functional.image import structural_similarity_index_measure
+
         if data_range is None:
             data_range = float((target.max() - target.min()).clamp_min(1e-6))
         _, full = structural_similarity_index_measure(
