@@ -56,6 +56,7 @@ def _tiny_params(path: Path, channels: int) -> None:
     params["generate"].update({k: {**params["generate"][k], **v} for k, v in TINY_GENERATE.items()})
     params["prepare"]["image"].update({"size": [16, 16], "channels": channels})
     params["prepare"]["video"].update({"size": [16, 16]})
+    params["data"]["datasets"]["capsules"].pop("prepare", None)  # the global 16x16 applies
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -127,7 +127,8 @@ def tiny_params() -> Params:
     return parse_params({
         "data": {"datasets": {"tiny": {"source": "tests/tiny", "modality": "image"}}},
         "prepare": {"image": {"size": [32, 32], "channels": 3}},
-        "model": {"conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4}},
+        "model": {"image_family": "conv_ae",
+                  "conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4}},
         "train": {
             "max_epochs": 1, "batch_size": 8, "accelerator": "cpu", "log_images_every_n_epochs": 1,
         },

@@ -34,7 +34,9 @@ def _write_params(path: Path, **overrides: dict) -> None:
     params["data"]["datasets"] = {"capsules": params["data"]["datasets"]["capsules"]}
     # Small, but large enough for a model that earns its place under the real gate (the
     # capsules' defects need the default 64x64 input; ~15 s of training on 2 cores).
-    params["generate"]["capsules"].update(n_train=120, n_test_good=20, n_test_per_defect=8)
+    # Tune and test splits of 20 normal + 24 anomalous items each: on 10 + 12 one image more or
+    # less decided the precision bar (0.846 vs 0.9 for a model of test AUROC 0.967).
+    params["generate"]["capsules"].update(n_train=120, n_test_good=40, n_test_per_defect=16)
     params["generate"]["print"].update(
         frame_size=32, n_train_videos=2, n_test_videos=2, frames_per_video=24
     )

@@ -41,7 +41,8 @@ def tiny_params(tmp_path: Path, **sweep) -> object:
         {
             "data": {"datasets": {"tinysweep": {"source": "tests", "modality": "image"}}},
             "prepare": {"image": {"size": [16, 16], "channels": 3}},
-            "model": {"conv_ae": {"depth": 2, "filters": 4, "latent_channels": 4}},
+            "model": {"image_family": "conv_ae",
+                      "conv_ae": {"depth": 2, "filters": 4, "latent_channels": 4}},
             "train": {"max_epochs": 1, "batch_size": 8, "accelerator": "cpu"},
             "sweep": {
                 "n_trials": 2,

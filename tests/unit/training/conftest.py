@@ -118,8 +118,9 @@ def tune_clip_as_test(data_dir: Path) -> Path:
 
 
 def tiny_params(video_family: str = "convlstm", **train) -> Params:
-    """Params shrunk for tests: tiny models, 1 epoch, CPU; the video family is the seeds'
-    ``convlstm`` unless named (these tests exercise the machinery, not a family)."""
+    """Params shrunk for tests: tiny models, 1 epoch, CPU; the families are the seeds'
+    ``conv_ae`` and (unless named) ``convlstm`` (these tests exercise the machinery, not a
+    family)."""
     return parse_params(
         {
             "data": {
@@ -133,6 +134,7 @@ def tiny_params(video_family: str = "convlstm", **train) -> Params:
                 "video": {"size": [32, 32], "channels": 1, "clip_len": 4},
             },
             "model": {
+                "image_family": "conv_ae",
                 "video_family": video_family,
                 "conv_ae": {"depth": 2, "filters": 8, "latent_channels": 4},
                 "convlstm": {"encoder_depth": 2, "filters": 8, "hidden_channels": 8},
