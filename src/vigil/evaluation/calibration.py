@@ -8,6 +8,10 @@ will see. Three ways to choose the threshold on the tune split (flag when ``scor
   (``metrics.calibrate_threshold``, today's default);
 - ``false_alarm_rate``: the lowest threshold that flags at most ``max_false_alarm_rate`` of the
   normal items (tune normals plus the normal validation items, which the model never trained on);
+  when the tune split has labelled anomalies and the gate a recall bar, the threshold moves to the
+  middle of the range where tune meets both bars (at most that false-alarm rate, at least that
+  recall): set exactly at the false-alarm bar, a threshold flags about that rate of unseen good
+  parts, so half the time the test split lands above the bar;
 - ``prevalence``: the lowest threshold whose precision *at the stated production defect rate*,
   ``r*p / (r*p + far*(1-p))`` from tune recall ``r`` and false-alarm rate ``far``, is >= the
   target.
@@ -112,14 +116,18 @@ def calibrate_false_alarm_rate(
     normal_scores: np.ndarray | None = None,
     split: str = "tune",
     target_precision: float = 0.0,
+    min_recall: float | None = None,
 ) -> RateCalibration:
-    """The lowest threshold that flags at most ``max_false_alarm_rate`` of the normal items.
+    """A threshold that flags at most ``max_false_alarm_rate`` of the normal items.
 
     Normal items: the ``split``'s normals plus ``normal_scores`` (normal validation scores). With
-    ``n`` of them at most ``floor(max * n)`` may score at or above the threshold; it sits midway
-    between the highest normal score that must not be flagged and the next higher score. Labelled
-    anomalies are not needed (the gate measures recall on test); when present, tune precision and
-    recall are reported. ``target_precision`` is only recorded (the gate's precision bar).
+    ``n`` of them at most ``floor(max * n)`` may score at or above the threshold; the lowest such
+    threshold sits midway between the highest normal score that must not be flagged and the next
+    higher score. Labelled anomalies are not needed (the gate measures recall on test); when
+    present, tune precision and recall are reported, and with ``min_recall`` (the gate's recall
+    bar) the threshold is centred between that lowest threshold and the highest one that still
+    flags ``min_recall`` of the tune anomalies, when the second is higher: both bars then keep a
+    margin on unseen data. ``target_precision`` is only recorded (the gate's precision bar).
     """
     if not 0.0 <= max_false_alarm_rate <= 1.0:
         raise ValueError(f"max_false_alarm_rate must be in [0, 1], got {max_false_alarm_rate!r}")
@@ -132,11 +140,20 @@ def calibrate_false_alarm_rate(
         threshold = float(min(scores.min(initial=np.inf), normals.min()))
     else:
         threshold = _between(float(ordered[allowed]), np.r_[scores, normals])
-    precision, recall, far = _rates(labels, scores, normals, threshold)
     note = (
         f"lowest threshold flagging at most {max_false_alarm_rate:g} of {n} normal items "
-        f"({split} + val): {far:.4f}"
+        f"({split} + val)"
     )
+    highest = _highest_meeting_recall(scores[labels == 1], min_recall)
+    if highest is not None and highest > threshold:
+        threshold = 0.5 * (threshold + highest)
+        note = (
+            f"centred between the lowest threshold flagging at most {max_false_alarm_rate:g} of "
+            f"{n} normal items ({split} + val) and the highest one with {split} recall >= "
+            f"{min_recall:g}"
+        )
+    precision, recall, far = _rates(labels, scores, normals, threshold)
+    note += f": false-alarm rate {far:.4f}"
     if n * max_false_alarm_rate < 1:
         note += (
             f"; with {n} normal items the smallest measurable rate is 1/{n}, so the threshold "
@@ -157,6 +174,16 @@ def calibrate_false_alarm_rate(
         max_false_alarm_rate=max_false_alarm_rate,
         n_normal_used=int(n),
     )
+
+
+def _highest_meeting_recall(anomalies: np.ndarray, min_recall: float | None) -> float | None:
+    """The highest threshold (``score >= threshold`` flags) that flags at least ``min_recall``
+    of ``anomalies``: the ``ceil(min_recall * n)``-th highest anomaly score; None without
+    anomalies or a recall bar."""
+    if min_recall is None or anomalies.size == 0:
+        return None
+    need = max(1, math.ceil(min_recall * anomalies.size - 1e-9))
+    return float(np.sort(anomalies)[::-1][need - 1])
 
 
 def calibrate_precision_at_prevalence(
@@ -228,10 +255,12 @@ def calibrate(
     prevalence: float | None = None,
     normal_scores: np.ndarray | None = None,
     split: str = "tune",
+    min_recall: float | None = None,
 ) -> Calibration:
     """Calibrate with ``method`` (one of ``METHODS``); the settings it needs must be given
     (``gate.max_false_alarm_rate`` for ``false_alarm_rate``, ``gate.prevalence`` for
-    ``prevalence``), else a ValueError names the missing setting."""
+    ``prevalence``), else a ValueError names the missing setting. ``min_recall`` (the gate's
+    recall bar) centres the ``false_alarm_rate`` threshold (see there)."""
     if method == "precision":
         return calibrate_threshold(labels, scores, precision, normal_scores, split)
     if method == "false_alarm_rate":
@@ -240,7 +269,8 @@ def calibrate(
                 "threshold method 'false_alarm_rate' needs gate.max_false_alarm_rate (it is null)"
             )
         return calibrate_false_alarm_rate(
-            labels, scores, max_false_alarm_rate, normal_scores, split, target_precision=precision
+            labels, scores, max_false_alarm_rate, normal_scores, split,
+            target_precision=precision, min_recall=min_recall,
         )
     if method == "prevalence":
         if prevalence is None:

@@ -118,7 +118,7 @@ def calibrate(
         precision=params.gate.precision,
         max_false_alarm_rate=params.gate.max_false_alarm_rate,
         prevalence=params.gate.prevalence,
-        normal_scores=val.scores[ok_val], split="tune",
+        normal_scores=val.scores[ok_val], split="tune", min_recall=params.gate.min_recall,
     )
 
 

@@ -46,6 +46,23 @@ def test_false_alarm_rate_threshold_flags_at_most_the_allowed_share_of_normals()
     assert strict.to_dict()["max_false_alarm_rate"] == 0.0
 
 
+def test_with_a_recall_bar_the_threshold_is_centred_where_tune_meets_both_bars():
+    # lowest threshold at 0.1 false alarms: ~0.475; the highest flagging >= 4 of 6 anomalies
+    # (recall 0.66): 0.70. Centred: ~0.59, where tune still meets both bars.
+    cal = calibrate_false_alarm_rate(LABELS, SCORES, 0.1, normal_scores=VAL, min_recall=0.66)
+    lowest = calibrate_false_alarm_rate(LABELS, SCORES, 0.1, normal_scores=VAL).threshold
+    assert cal.threshold == pytest.approx(0.5 * (lowest + 0.70))
+    assert cal.false_alarm_rate <= 0.1 and cal.recall >= 0.66
+    assert cal.note.startswith("centred between")
+    # no room (the recall bar needs a threshold below the false-alarm one): the lowest stays
+    strict = calibrate_false_alarm_rate(LABELS, SCORES, 0.0, normal_scores=VAL).threshold
+    tight = calibrate_false_alarm_rate(LABELS, SCORES, 0.0, normal_scores=VAL, min_recall=1.0)
+    assert tight.threshold == strict and not tight.note.startswith("centred")
+    # without labelled anomalies there is nothing to centre on
+    normal_only = calibrate_false_alarm_rate(np.zeros(4), SCORES[:4], 0.25, min_recall=0.8)
+    assert normal_only.threshold == calibrate_false_alarm_rate(np.zeros(4), SCORES[:4], 0.25).threshold
+
+
 def test_false_alarm_rate_needs_no_labelled_anomalies_but_some_normals():
     normal_only = calibrate_false_alarm_rate(np.zeros(4), SCORES[:4], 0.25)
     assert normal_only.recall is None and normal_only.gate_can_pass
