@@ -99,6 +99,12 @@ class SearchSpace(_Strict):
                     f"{name}: cannot search {', '.join(unknown)} (searchable: "
                     f"{', '.join(allowed)})"
                 )
+            side = knobs.get(ENCODING_SIDE)
+            if side is not None and min(side.values()) < 1:
+                raise ValueError(
+                    f"{name}.{ENCODING_SIDE}: a side in pixels must be >= 1, got "
+                    f"{min(side.values())}"
+                )
             if ENCODING_SIDE in knobs and family.depth_knob in knobs:
                 raise ValueError(
                     f"{name}: search {ENCODING_SIDE} or {family.depth_knob}, not both "

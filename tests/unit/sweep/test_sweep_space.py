@@ -106,3 +106,9 @@ def test_encoding_side_sets_each_familys_own_depth_knob():
 def test_encoding_side_and_the_depth_knob_are_exclusive():
     with pytest.raises(SearchSpaceError, match="encoding_side or depth, not both"):
         parse_space({"conv_ae": {"encoding_side": {"choices": [8]}, "depth": {"choices": [3]}}})
+
+
+@pytest.mark.parametrize("side", [0, -4])
+def test_an_encoding_side_below_one_pixel_is_refused_when_the_file_is_read(side):
+    with pytest.raises(SearchSpaceError, match=r"conv_ae.encoding_side: a side in pixels must be >= 1"):
+        parse_space({"conv_ae": {"encoding_side": {"choices": [8, side]}}})
