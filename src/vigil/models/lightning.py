@@ -13,8 +13,8 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
+from vigil.models.error_maps import ssim_map
 from vigil.models.outputs import AnomalyOutput
 
 LossName = Literal["mse", "ssim", "mse+ssim"]
@@ -41,7 +41,7 @@ def reconstruction_loss(
         return mse
     rec, tgt = _flat_frames(output.reconstruction), _flat_frames(target)
     rng = data_range if data_range is not None else (tgt.max() - tgt.min()).clamp_min(1e-6)
-    ssim = structural_similarity_index_measure(rec, tgt, data_range=rng)
+    ssim = ssim_map(rec, tgt, rng).mean()
     if loss == "ssim":
         return 1.0 - ssim
     if loss == "mse+ssim":

@@ -78,7 +78,6 @@ RUNTIME_DISTRIBUTIONS = (
     "pyyaml",
     "scipy",
     "scikit-learn",
-    "torchmetrics",  # SSIM error maps (vigil.models.error_maps), the draem default
 )
 
 

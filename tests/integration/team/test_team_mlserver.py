@@ -8,7 +8,7 @@ MLServer cannot share vigil's environment (mlserver 1.7.1 requires fastapi<0.116
     python3 -m venv .venv-mlserver
     .venv-mlserver/bin/pip install torch==2.13.0
     .venv-mlserver/bin/pip install mlserver==1.7.1 mlserver-mlflow==1.7.1 'mlflow==3.17.*' \
-        opencv-python-headless safetensors pyyaml torchmetrics==1.9.0
+        opencv-python-headless safetensors pyyaml
 """
 
 from __future__ import annotations

@@ -89,7 +89,21 @@ def mean_filter(maps: torch.Tensor, kernel: int) -> torch.Tensor:
     mean of the pixels inside the image). ``kernel`` <= 1 returns the input."""
     if kernel <= 1:
         return maps
-    return F.avg_pool2d(maps, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    # a summed-area table: O(1) per pixel for any kernel (avg_pool2d took ~10 ms at 256x256 on
+    # 2 cores for an 11-px kernel); float64 keeps the differences of large sums exact enough
+    pad = kernel // 2
+    height, width = maps.shape[-2:]
+    table = F.pad(maps.double(), (pad + 1, pad, pad + 1, pad)).cumsum(-1).cumsum(-2)
+    sums = (table[..., kernel:, kernel:] - table[..., :-kernel, kernel:]
+            - table[..., kernel:, :-kernel] + table[..., :-kernel, :-kernel])
+    return (sums / (_inside(height, pad, maps.device)[:, None]
+                    * _inside(width, pad, maps.device)[None, :])).to(maps.dtype)
+
+
+def _inside(n: int, pad: int, device: torch.device) -> torch.Tensor:
+    """(n,) float64: how many of the window's 2*pad+1 positions around each index lie in 0..n-1."""
+    index = torch.arange(n, device=device)
+    return ((index + pad + 1).clamp(max=n) - (index - pad).clamp(min=0)).double()
 
 
 class DraemNetwork(nn.Module):

@@ -23,11 +23,11 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from vigil.config import ImagePrep, TrainConfig
 from vigil.data.prepared import PreparedDataset
 from vigil.data.torch_datasets import ImageDataset
+from vigil.models.error_maps import ssim_map
 from vigil.models.draem.anomalies import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -105,7 +105,7 @@ class DraemModule(pl.LightningModule):
         rng = self.data_range
         if rng is None:
             rng = (clean.max() - clean.min()).clamp_min(1e-6)
-        ssim = structural_similarity_index_measure(reconstruction, clean, data_range=rng)
+        ssim = ssim_map(reconstruction, clean, rng).mean()
         focal = focal_loss(logits, mask, self.cfg.focal_gamma)
         loss = l2 + self.cfg.ssim_weight * (1 - ssim) + self.cfg.seg_weight * focal
         if not torch.isfinite(loss):
