@@ -1,6 +1,8 @@
-"""The real `dvc repro prepare` (generate + prepare) in a temporary git repo on tiny params:
-first run builds everything, a second run skips everything, a prepare param change reruns only
-the prepare stages, and code changes rerun only the stages that import that code.
+"""The real `dvc repro prepare` (generate + extra + prepare) in a temporary git repo on tiny
+params: first run builds everything, a second run skips everything, a prepare param change reruns
+only the prepare stages, code changes rerun only the stages that import that code, a dataset with
+no data/extra folder reproduces, and data ingested into one dataset reruns that dataset's prepare
+only.
 
 Also checks, without running DVC, that each stage's code deps in dvc.yaml are exactly the import
 closure of its ``pipelines/<stage>.py`` (lazy imports inside functions included): nothing it
@@ -10,6 +12,8 @@ listed (a change to serving/ must not rerun training)."""
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -90,7 +94,13 @@ def _ran(output: str) -> set[str]:
 def test_dvc_repro_generate_prepare_then_skip_then_rerun_prepare_only(dvc_repo: Path):
     dvc = str(VENV_BIN / "dvc")
     first = _run([dvc, "repro", "prepare"], dvc_repo)
-    assert _ran(first.stdout) == {"generate", "prepare@capsules", "prepare@print"}, first.stdout
+    assert _ran(first.stdout) == {
+        "generate",
+        "extra@capsules",
+        "extra@print",
+        "prepare@capsules",
+        "prepare@print",
+    }, first.stdout
     capsules = PreparedDataset.load(dvc_repo / "data" / "prepared" / "capsules")
     assert capsules.frames.shape[1:] == (16, 16, 3)
     assert PreparedDataset.load(dvc_repo / "data" / "prepared" / "print").modality == "video"
@@ -117,6 +127,52 @@ def test_code_change_reruns_only_the_stages_that_import_it(dvc_repo: Path):
     status = _run([dvc, "status", "prepare"], dvc_repo).stdout
     assert "prepare@capsules" in status and "prepare@print" in status, status
     assert "generate:" not in status, status
+
+
+def test_ingest_into_one_dataset_reruns_only_its_prepare(dvc_repo: Path):
+    """A dataset added with two lines of params.yaml needs no data/extra/<d> folder; a `dvc add`ed
+    ingest into capsules reruns the cheap extra@* stages, and of the prepare stages only
+    prepare@capsules: the other datasets' fingerprints are byte-identical, so DVC skips them."""
+    dvc = str(VENV_BIN / "dvc")
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params["data"]["datasets"]["mine"] = {"source": "data/raw/capsules", "modality": "image"}
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = _run([dvc, "repro", "prepare"], dvc_repo)
+    assert {"extra@mine", "prepare@mine"} <= _ran(first.stdout), first.stdout
+    assert not (dvc_repo / "data" / "extra" / "mine").exists()
+    fingerprints = dvc_repo / "data" / "fingerprints"
+    assert json.loads((fingerprints / "extra-mine.json").read_text()) == {
+        "dataset": "mine",
+        "folder": "data/extra/mine",
+        "files": 0,
+        "sha256": hashlib.sha256().hexdigest(),
+    }
+    print_before = (fingerprints / "extra-print.json").read_bytes()
+
+    extra = dvc_repo / "data" / "extra" / "capsules"  # what `vigil ingest` does: move, dvc add
+    extra.mkdir()
+    good = sorted((dvc_repo / "data" / "raw" / "capsules" / "train" / "good").glob("*.png"))
+    shutil.copy(good[0], extra / "new-0.png")
+    _run([dvc, "add", "-q", "data/extra/capsules"], dvc_repo)
+    # before the splitters run, no prepare stage is out of date; after, only capsules' is
+    assert "up to date" in _run([dvc, "status", "prepare"], dvc_repo).stdout
+    status = _run([dvc, "status", "--with-deps", "prepare"], dvc_repo).stdout
+    assert "extra@capsules" in status and "prepare@" not in status, status
+
+    second = _run([dvc, "repro", "prepare"], dvc_repo)
+    assert _ran(second.stdout) == {
+        "extra@capsules",
+        "extra@print",
+        "extra@mine",
+        "prepare@capsules",
+    }, second.stdout
+    for skipped in ("prepare@print", "prepare@mine"):
+        assert f"Stage '{skipped}' didn't change, skipping" in second.stdout, second.stdout
+    assert (fingerprints / "extra-print.json").read_bytes() == print_before
+    assert json.loads((fingerprints / "extra-capsules.json").read_text())["files"] == 1
+    capsules = PreparedDataset.load(dvc_repo / "data" / "prepared" / "capsules")
+    assert "extra/new-0.png" in {item.origin for item in capsules.items}  # read, as training data
+    assert "Data and pipelines are up to date" in _run([dvc, "status", "prepare"], dvc_repo).stdout
 
 
 # --- code deps of each stage == the import closure of its entry ------------------------------

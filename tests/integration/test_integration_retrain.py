@@ -130,7 +130,7 @@ def test_full_pipeline_story(tmp_path: Path, mlflow_store: str) -> None:
     retrain = yaml.safe_load((REPO / "configs/retrain.yaml").read_text())
     retrain["datasets"] = {"capsules": retrain["datasets"]["capsules"]}
     (root / "configs/retrain.yaml").write_text(yaml.safe_dump(retrain))
-    (root / "data/extra/capsules").mkdir(parents=True)  # prepare@capsules depends on it
+    (root / "data/extra").mkdir(parents=True)  # extra@capsules depends on it, not on capsules/
     (root / "data/extra/README.md").write_text("ingested normal data\n")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, "init", "-q")

@@ -80,7 +80,9 @@ class ReproConfig(_Strict):
     """How a cycle runs the pipeline. ``{dataset}`` is replaced by each triggered dataset."""
 
     targets: list[str] = ["register@{dataset}"]  # []: the whole pipeline (`dvc repro`)
-    force_from: str | None = "prepare@{dataset}"  # age/drift/--force: rerun this and downstream
+    # age/drift/--force: rerun this and downstream; extra@ (not prepare@) so a dataset whose data
+    # also changed gets its fingerprint redone, and prepare@ records the data it read
+    force_from: str | None = "extra@{dataset}"
     decision: str = "reports/{dataset}/decision.json"  # written by the register stage
     timeout_s: float | None = Field(None, gt=0)
 

@@ -190,7 +190,7 @@ def test_corrupt_decision_is_a_failure_that_still_records_the_champion(project: 
 def test_repro_commands_per_trigger() -> None:
     cfg = RetrainConfig(datasets={"a": {"inbox": "i"}, "b": {"inbox": "j"}})
     commands = repro_commands(cfg, {"a": ["new_data"], "b": ["new_data", "force"]})
-    assert commands == [["repro", "register@a"], ["repro", "--force", "--downstream", "prepare@b"]]
+    assert commands == [["repro", "register@a"], ["repro", "--force", "--downstream", "extra@b"]]
     whole = RetrainConfig(datasets={"a": {"inbox": "i"}}, repro={"targets": [], "force_from": None})
     assert repro_commands(whole, {"a": ["new_data"]}) == [["repro"]]
 
