@@ -231,6 +231,10 @@ class SweepConfig(Strict):
 # --- evaluate, gate, register ----------------------------------------------------------------
 
 
+SMOOTHING_WINDOWS = (1, 2, 4, 8)  # frames; the candidates of ``smoothing_window: auto``
+SMOOTHING_FALLBACK = 2
+
+
 class EvaluateConfig(Strict):
     """Post-processing of error maps and scoring; defaults equal params.yaml (one truth), whose
     comments give the reason for each value that departs from the seeds."""
@@ -242,11 +246,26 @@ class EvaluateConfig(Strict):
     pixel_threshold_quantile: float = Field(0.99, gt=0, lt=1)  # of normal val pixel errors
     min_area: int = Field(10, ge=0)  # connected components smaller than this are dropped
     roi: Roi = None  # x, y, w, h in error-map (model input) pixels, i.e. after prepare's resize
-    smoothing_window: int = Field(2, ge=1)  # video: moving average over frame scores
+    # video: trailing moving average over frame scores; auto: the window of SMOOTHING_WINDOWS
+    # with the highest frame AUROC on the labelled tune split (evaluate chooses it, ties: the
+    # shorter), SMOOTHING_FALLBACK without labelled tune anomalies
+    smoothing_window: int | Literal["auto"] = "auto"
     # how the operating threshold is calibrated on tune: auto follows the gate (prevalence if
     # gate.prevalence is set, else false_alarm_rate if gate.max_false_alarm_rate is, else precision)
     threshold_method: Literal["auto", "precision", "false_alarm_rate", "prevalence"] = "auto"
     n_report_examples: int = Field(6, ge=0)
+
+    @field_validator("smoothing_window")
+    @classmethod
+    def _positive_window(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"smoothing window must be >= 1 frame or 'auto', got {value}")
+        return value
+
+    @property
+    def window(self) -> int:
+        """The smoothing window in frames (``auto`` before evaluate chose: the fallback)."""
+        return SMOOTHING_FALLBACK if self.smoothing_window == "auto" else self.smoothing_window
 
     @field_validator("median_blur")
     @classmethod

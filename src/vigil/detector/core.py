@@ -192,7 +192,7 @@ class Detector:
         """Trailing mean of the last ``smoothing_window`` finite raw scores (NaN before any)."""
         if math.isfinite(raw):
             recent.append(raw)
-            while len(recent) > self.postprocess.smoothing_window:
+            while len(recent) > self.postprocess.window:
                 recent.popleft()
         return float(np.mean(recent)) if recent else math.nan
 
@@ -215,9 +215,7 @@ class Detector:
         height, width = clips[0].shape[1:3]
         maps = [np.zeros((n, height, width), dtype=np.float32) for n in lengths]
         raws = [np.full(n, np.nan) for n in lengths]
-        smooth = [np.full(n, np.nan) for n in lengths]
         valid = [np.zeros(n, dtype=bool) for n in lengths]
-        recents = [deque() for _ in clips]
         state = None
         for t in range(max(lengths, default=0)):
             # a clip that has ended repeats its last frame; its rows are never read again
@@ -231,7 +229,7 @@ class Detector:
                     continue
                 if frame_maps is not None:
                     maps[b][t], raws[b][t], valid[b][t] = frame_maps[b], frame_raw[b], True
-                smooth[b][t] = self._smoothed(recents[b], raws[b][t])
+        smooth = [post.trailing_mean(raw, self.postprocess.window) for raw in raws]
         return [PreparedScores(*parts) for parts in zip(raws, smooth, maps, valid, strict=True)]
 
     def stream(

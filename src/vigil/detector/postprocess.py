@@ -23,6 +23,7 @@ the top ``topk_fraction`` of its pixels (``image_score``). Everything works on b
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import cv2
 import numpy as np
@@ -135,6 +136,21 @@ def image_score(maps: np.ndarray, cfg: EvaluateConfig) -> np.ndarray | float:
         top = torch.from_numpy(np.ascontiguousarray(flat)).topk(k, dim=1, sorted=False).values
         scores = top.double().mean(dim=1).numpy()
     return float(scores[0]) if single else scores
+
+
+def trailing_mean(raw: np.ndarray, window: int) -> np.ndarray:
+    """One clip's raw frame scores (T,), NaN where unscored -> (T,) float64: at each frame the
+    mean of the last ``window`` finite scores up to it (NaN before the first). ``Detector.stream``
+    computes the same one frame at a time."""
+    raw = np.asarray(raw, dtype=np.float64)
+    out = np.full(raw.shape, np.nan)
+    recent: deque[float] = deque(maxlen=window)
+    for t, value in enumerate(raw):
+        if math.isfinite(value):
+            recent.append(float(value))
+        if recent:
+            out[t] = sum(recent) / len(recent)
+    return out
 
 
 def binarize(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:

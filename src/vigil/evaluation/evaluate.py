@@ -33,6 +33,7 @@ from vigil.evaluation import calibration as C
 from vigil.evaluation import evidence as E
 from vigil.evaluation import metrics as M
 from vigil.evaluation import pixel_metrics as PM
+from vigil.evaluation import smoothing as S
 from vigil.evaluation import video_metrics as VM
 from vigil.evaluation.outputs import (
     draw_figures,
@@ -234,6 +235,12 @@ def evaluate(
         )
 
     scored = {s: score_split(detector, data, s) for s in ("val", "tune", "test")}
+    window_aucs: dict[int, float] = {}
+    if data.modality == "video" and cfg.smoothing_window == "auto":
+        window, window_aucs = S.choose_window(scored["tune"])
+        scored = {s: S.resmoothed(split, window) for s, split in scored.items()}
+        cfg = cfg.model_copy(update={"smoothing_window": window})
+        detector = detector.calibrated(postprocess=cfg)
     val, tune, test = scored["val"], scored["tune"], scored["test"]
     evidence = E.evidence_of(data, test)
     if not test.scored.any() and evidence == E.EVIDENCE_NONE:
@@ -257,6 +264,8 @@ def evaluate(
         if evidence == E.EVIDENCE_SYNTHETIC:
             metrics.update(E.synthetic_metrics(detector, data, calibration.threshold, precision))
     metrics["pixel_threshold"] = pixel_thr
+    if data.modality == "video":
+        metrics["smoothing_window"] = cfg.window
     flat = finite_metrics(metrics)
     ok = test.scored
     per_defect = M.per_defect_table(
@@ -296,7 +305,10 @@ def evaluate(
     notes = ["the gate's verdict (with the champion comparison) is added at register"]
     if data.modality == "video":
         notes.append("video: the first frame of each clip has no prediction and is not scored; "
-                     f"scores are a trailing moving average over {cfg.smoothing_window} frames")
+                     f"scores are a trailing moving average over {cfg.window} frames")
+        if window_aucs:
+            notes.append("smoothing window chosen on tune (frame AUROC by window: "
+                         + ", ".join(f"{w}: {auc:.3f}" for w, auc in window_aucs.items()) + ")")
     if not calibration.gate_can_pass:
         notes.append(calibration.note)
     if E.missing_evidence_note(evidence):
