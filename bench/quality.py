@@ -83,13 +83,14 @@ IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "fal
 
 def family_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     """Lines of the side-by-side table: one row per (dataset, family) run."""
-    lines = [f"{'dataset':10} {'family':12} " + " ".join(f"{k:>19}" for k in IMAGE_KEYS)
+    width = max(12, *(len(family) for _, family in runs.values()))
+    lines = [f"{'dataset':10} {'family':{width}} " + " ".join(f"{k:>19}" for k in IMAGE_KEYS)
              + f" {'train_min':>9} {'epochs':>6}"]
     for name, (base, family) in runs.items():
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
         train = json.loads((project / "models" / name / "train.json").read_text())
         cells = " ".join(f"{metrics.get(k, float('nan')):>19.3f}" for k in IMAGE_KEYS)
-        lines.append(f"{base:10} {family:12} {cells} {train['wall_time_s'] / 60:>9.1f} "
+        lines.append(f"{base:10} {family:{width}} {cells} {train['wall_time_s'] / 60:>9.1f} "
                      f"{train.get('epochs', '?'):>6}")
     return lines
 
@@ -103,8 +104,9 @@ def video_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     """Lines of the side-by-side video table: one row per (dataset, video family) run."""
     heads = ("raw", "smoothed", "clip_norm", "per_clip", "rec@prec", "prec@thr", "rec@thr",
              "ev_rec", "ev_prec")
+    width = max(12, *(len(family) for _, family in runs.values()))
     lines = ["frame AUROC raw = pooled raw scores (headline); smoothed = pooled moving average",
-             f"{'dataset':10} {'family':12} " + " ".join(f"{h:>9}" for h in heads)
+             f"{'dataset':10} {'family':{width}} " + " ".join(f"{h:>9}" for h in heads)
              + f" {'gate':>6} {'train_min':>9} {'epochs':>6}"]
     for name, (base, family) in runs.items():
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
@@ -112,7 +114,7 @@ def video_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
         train = json.loads((project / "models" / name / "train.json").read_text())
         cells = " ".join(f"{metrics.get(k, float('nan')):>9.3f}" for k in VIDEO_KEYS)
         gate = "pass" if decision.get("passed") else "reject"
-        lines.append(f"{base:10} {family:12} {cells} {gate:>6} "
+        lines.append(f"{base:10} {family:{width}} {cells} {gate:>6} "
                      f"{train['wall_time_s'] / 60:>9.1f} {train.get('epochs', '?'):>6}")
     return lines
 
@@ -146,6 +148,28 @@ def clip_aucs(project: Path, name: str) -> dict[str, float]:
     return out
 
 
+def split_knobs(entry: str) -> tuple[str, list[str]]:
+    """``family[@N][:key=value...]`` -> (``family[@N]``, ["key=value", ...])."""
+    spec, *knobs = entry.split(":")
+    return spec, knobs
+
+
+def knob_overrides(family: str, knobs: list[str]) -> dict:
+    """["restored_context=false", "evaluate.smoothing_window=1"] -> a per-dataset override: a
+    plain key is the family's knob (``model.<family>.<key>``), a dotted one a params path."""
+    override: dict = {}
+    for knob in knobs:
+        key, sep, value = knob.partition("=")
+        if not sep:
+            sys.exit(f"knob {knob!r}: expected key=value (e.g. restored_context=false)")
+        path = key.split(".") if "." in key else ["model", family, key]
+        node = override
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(value)
+    return override
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tile", type=Path, default=SHARED / "magnetic_tile")
@@ -153,9 +177,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=("tile", "ped2", "capsules", "print"))
     parser.add_argument("--families", default="conv_ae,draem",
                         help="image families compared on each image dataset (comma-separated; "
-                             "family@N also sets that run's image size to N x N)")
+                             "family@N also sets that run's image size to N x N; "
+                             "family:key=value sets a knob of that run, e.g. a baseline)")
     parser.add_argument("--video-families", default="convlstm",
-                        help="video families compared on each video dataset (comma-separated)")
+                        help="video families compared on each video dataset (comma-separated; "
+                             "family:key=value as above, e.g. "
+                             "future_frame,future_frame:restored_context=false)")
     parser.add_argument("--size", type=int, help="prepare.image.size (square), default: params")
     parser.add_argument("--max-minutes", type=float, help="train.max_minutes, default: params")
     parser.add_argument("--trials", type=int, help="sweep.n_trials (0: no sweep), default: params")
@@ -183,16 +210,22 @@ def main() -> None:
     video_runs: dict[str, tuple[str, str]] = {}  # dataset name -> (source name, video family)
     for name in chosen:
         if sources[name]["modality"] != "image":
-            for family in video_families:
-                wanted[f"{name}_{family}"] = {**sources[name], "model": {"video_family": family}}
-                video_runs[f"{name}_{family}"] = (name, family)
+            for index, entry in enumerate(video_families):
+                family, knobs = split_knobs(entry)
+                dataset = deep_merge({**sources[name], "model": {"video_family": family}},
+                                     knob_overrides(family, knobs))
+                key = f"{name}_{family}" + (f"_{index}" if knobs else "")
+                wanted[key] = dataset
+                video_runs[key] = (name, entry)
             continue
-        for entry in families:
-            family, _, size = entry.partition("@")
-            dataset = {**sources[name], "model": {"image_family": family}}
+        for index, entry in enumerate(families):
+            spec, knobs = split_knobs(entry)
+            family, _, size = spec.partition("@")
+            dataset = deep_merge({**sources[name], "model": {"image_family": family}},
+                                 knob_overrides(family, knobs))
             if size:  # family@size: this run's prepare.image.size, over --size and params
                 dataset = deep_merge(dataset, {"prepare": {"image": {"size": [int(size)] * 2}}})
-            key = f"{name}_{family}" + (f"_{size}" if size else "")
+            key = f"{name}_{family}" + (f"_{size}" if size else "") + (f"_{index}" if knobs else "")
             wanted[key] = dataset
             runs[key] = (name, entry)
     shrink: dict[str, dict] = {}

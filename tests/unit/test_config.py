@@ -67,7 +67,10 @@ def test_model_section_defaults_equal_params_yaml_family_by_family():
 def test_data_defaults_and_the_shipped_file_loads():
     assert shipped()["data"]["extra_dir"] == DataConfig.model_fields["extra_dir"].default
     params = load_params(REPO / "params.yaml")
-    assert params.for_dataset("print") == params  # the shipped video dataset overrides nothing
+    printing = params.for_dataset("print")  # the melt-pool video restores the context only
+    assert printing.model.family_config("future_frame").restored_context
+    assert not params.model.family_config("future_frame").restored_context
+    assert printing.model_copy(update={"model": params.model}) == params
     capsules = params.for_dataset("capsules")  # the synthetic capsules keep the seeds' model
     assert capsules.model.image_family == "conv_ae" and capsules.prepare.image.size == (64, 64)
     assert (params.model.image_family, params.prepare.image.size) == ("draem", (128, 128))
@@ -93,7 +96,8 @@ def test_dataset_overrides_deep_merge_over_the_global_sections(tmp_path):
     assert big.train.batch_size == 4 and big.train.lr == params.train.lr
     assert big.evaluate.roi == (0, 0, 64, 64)
     assert params.modality_prep("big").size == (96, 128)
-    assert params.for_dataset("print") == params  # other datasets keep the global settings
+    printing = params.for_dataset("print")  # other datasets keep the global settings
+    assert printing.prepare == params.prepare and printing.train == params.train
     assert params.prepare.image.size == (128, 128)
     assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {
         "a": {"b": 5, "c": 2},

@@ -16,7 +16,7 @@ from vigil.models.future_frame.training import gradient_loss, set_fusion_scales
 from vigil.models.outputs import AnomalyOutput
 from vigil.models.registry import get_family
 
-CFG = FutureFrameConfig(context=3, depth=2, filters=4, bottleneck_channels=8)
+CFG = FutureFrameConfig(context=3, depth=2, filters=4, bottleneck_channels=8, restored_context=True)
 
 
 def test_family_is_registered_as_video_with_searchable_config_fields():
@@ -58,7 +58,8 @@ def test_stream_ring_buffer_gives_none_for_the_first_k_frames_then_equals_clip_m
     for t in range(8):
         frame_out, state = model.stream(clip[:, t], state)
         assert state.shape[1] == min(t + 1, CFG.context)  # the ring holds at most k frames
-        torch.testing.assert_close(state[:, -1], clip[:, t])
+        torch.testing.assert_close(state[:, -1, :3], clip[:, t])  # then its reconstruction
+        torch.testing.assert_close(state[:, -1, 3:], model.appearance(clip[:, t]))
         if t < CFG.context:
             assert frame_out is None
             continue
@@ -77,12 +78,20 @@ def test_fused_map_is_each_error_over_its_scale():
     model = FutureFramePredictor(1, CFG).eval()
     clip = torch.rand(1, 4, 1, 16, 16)
     history, frame = clip[:, :3], clip[:, 3]
-    pred_err, app_err = model.error_maps(frame, model.predict(history), model.appearance(frame))
+    restored = model.predict(model.appearance(history[0])[None])
+    pred_err, app_err = model.error_maps(
+        frame, model.predict(history), model.appearance(frame), restored
+    )
+    plain_err = (model.predict(history) - frame).pow(2).mean(dim=1, keepdim=True)
+    restored_err = (restored - frame).pow(2).mean(dim=1, keepdim=True)
+    torch.testing.assert_close(pred_err, torch.minimum(plain_err, restored_err))
     model.pred_scale.fill_(0.25)
     model.app_scale.fill_(4.0)
     out = model(clip)
     torch.testing.assert_close(out.error_map[:, 0], pred_err / 0.25 + app_err / 4.0)
-    plain = FutureFramePredictor(1, CFG.model_copy(update={"appearance": False})).eval()
+    plain = FutureFramePredictor(
+        1, CFG.model_copy(update={"appearance": False, "restored_context": False})
+    ).eval()
     assert plain.appearance_ae is None and plain.appearance(frame) is None
     pred_only, none = plain.error_maps(frame, plain.predict(history), None)
     assert none is None
@@ -104,8 +113,7 @@ def test_set_fusion_scales_are_the_mean_errors_on_normal_clips(tmp_path):
     set_fusion_scales(model, clips, batch_size=1)
     pred, app = [], []
     for clip in clips:
-        histories, targets = model.windows(clip[None])
-        p, a = model.error_maps(targets, model.predict(histories), model.appearance(targets))
+        _, p, a = model.clip_terms(clip[None])  # the terms the map fuses (restored context)
         pred.append(p.flatten())
         app.append(a.flatten())
     assert float(model.pred_scale) == pytest.approx(float(torch.cat(pred).mean()), rel=1e-4)
@@ -113,3 +121,42 @@ def test_set_fusion_scales_are_the_mean_errors_on_normal_clips(tmp_path):
     # on those normal clips each term now weighs 1 on average: the fused map means 2
     fused = torch.cat([model(clip[None]).error_map.flatten() for clip in clips])
     assert float(fused.mean()) == pytest.approx(2.0, rel=1e-3)
+
+
+def test_restored_context_needs_the_appearance_autoencoder():
+    with pytest.raises(ValueError, match="restored_context needs appearance"):
+        FutureFrameConfig(appearance=False, restored_context=True)
+
+
+@torch.no_grad()
+def test_a_frame_after_an_anomaly_is_not_blamed_for_its_context():
+    """The plain prediction repeats a blob its context showed; the restored one (context
+    through the appearance autoencoder, which paints it out) does not, so the minimum stays low."""
+    torch.manual_seed(0)
+    model = FutureFramePredictor(1, CFG).eval()
+    model.predictor = _CopyLast()  # a predictor that copies the last context frame
+    model.appearance_ae = _Constant(0.2)  # "normal" appearance: a flat grey frame
+    normal = torch.full((1, 1, 16, 16), 0.2)
+    blob = normal.clone()
+    blob[..., 4:10, 4:10] = 1.0
+    clip = torch.stack([blob, blob, blob, normal], dim=1)  # the blob ends at the last frame
+    pred_err = model.clip_terms(clip)[1]
+    assert float(pred_err.max()) < 1e-6
+    plain = FutureFramePredictor(1, CFG.model_copy(update={"restored_context": False})).eval()
+    plain.predictor, plain.appearance_ae = _CopyLast(), _Constant(0.2)
+    assert float(plain.clip_terms(clip)[1].max()) > 0.5
+
+
+class _CopyLast(torch.nn.Module):
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        return stacked[:, -1:]
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
+        flat = torch.full_like(x, self.value)
+        return AnomalyOutput(flat, flat, flat.flatten(1).mean(1), None)

@@ -70,13 +70,10 @@ def set_fusion_scales(model: FutureFramePredictor, clips: ClipDataset, batch_siz
     pred_total = app_total = 0.0
     count = 0
     for clip in DataLoader(clips, batch_size=batch_size):
-        histories, targets = model.windows(clip)
-        pred_err, app_err = model.error_maps(
-            targets, model.predict(histories), model.appearance(targets)
-        )
-        pred_total += float(pred_err.mean()) * len(targets)
-        app_total += float(app_err.mean()) * len(targets) if app_err is not None else 0.0
-        count += len(targets)
+        _, pred_err, app_err = model.clip_terms(clip)
+        pred_total += float(pred_err.mean()) * len(pred_err)
+        app_total += float(app_err.mean()) * len(pred_err) if app_err is not None else 0.0
+        count += len(pred_err)
     if count:
         model.pred_scale.fill_(max(pred_total / count, 1e-8))
         model.app_scale.fill_(max(app_total / count, 1e-8))
