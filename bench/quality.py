@@ -195,9 +195,10 @@ def main() -> None:
         "tile": {"source": str(args.tile.resolve()), "modality": "image",
                  "prepare": {"image": {"channels": 1}}},
         "ped2": {"source": str(args.ped2.resolve()), "modality": "video"},
-        "capsules": {"source": "data/raw/capsules", "modality": "image"},  # the generate stage's
-        "print": {"source": "data/raw/print", "modality": "video"},  # the generate stage's
     }
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["data"]["datasets"]
+    for name in ("capsules", "print"):  # the generate stage's, with their params.yaml overrides
+        sources[name] = shipped[name]
     chosen = args.only or ["tile", "ped2"]
     for name in chosen:
         source = Path(sources[name]["source"])
