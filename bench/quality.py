@@ -213,8 +213,8 @@ def main() -> None:
         if sources[name]["modality"] != "image":
             for index, entry in enumerate(video_families):
                 family, knobs = split_knobs(entry)
-                dataset = deep_merge({**sources[name], "model": {"video_family": family}},
-                                     knob_overrides(family, knobs))
+                dataset = deep_merge(sources[name], {"model": {"video_family": family}})
+                dataset = deep_merge(dataset, knob_overrides(family, knobs))
                 key = f"{name}_{family}" + (f"_{index}" if knobs else "")
                 wanted[key] = dataset
                 video_runs[key] = (name, entry)
@@ -222,8 +222,8 @@ def main() -> None:
         for index, entry in enumerate(families):
             spec, knobs = split_knobs(entry)
             family, _, size = spec.partition("@")
-            dataset = deep_merge({**sources[name], "model": {"image_family": family}},
-                                 knob_overrides(family, knobs))
+            dataset = deep_merge(sources[name], {"model": {"image_family": family}})
+            dataset = deep_merge(dataset, knob_overrides(family, knobs))
             if size:  # family@size: this run's prepare.image.size, over --size and params
                 dataset = deep_merge(dataset, {"prepare": {"image": {"size": [int(size)] * 2}}})
             key = f"{name}_{family}" + (f"_{size}" if size else "") + (f"_{index}" if knobs else "")
