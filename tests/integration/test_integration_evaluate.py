@@ -163,6 +163,13 @@ def test_evaluate_video_scores_clips_with_events_and_a_timeline(in_project, proj
                              dtype=None, encoding="utf-8")
     assert np.isnan(timeline["score"][timeline["frame"] == 0]).all()  # first frames: no score
     assert (out / "evaluation/timeline.png").is_file()
+    # smoothing_window: auto -> one of the candidates, chosen on tune, shipped in the detector
+    from vigil.config import SMOOTHING_WINDOWS
+    from vigil.detector import Detector
+
+    record = Detector.load(in_project / "models/melt/detector").record
+    assert metrics["smoothing_window"] in SMOOTHING_WINDOWS
+    assert record.postprocess.smoothing_window == metrics["smoothing_window"]
     _, run = training_run(in_project, "melt")
     assert run.data.metrics["test_frame_auroc"] == pytest.approx(metrics["frame_auroc"])
 
