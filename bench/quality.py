@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,11 @@ def clip_aucs(project: Path, name: str) -> dict[str, float]:
     return out
 
 
+def split_entries(text: str) -> list[str]:
+    """Comma-separated runs; a comma inside [...] belongs to a knob's value (size=[128, 128])."""
+    return [e.strip() for e in re.split(r",(?![^\[]*\])", text) if e.strip()]
+
+
 def split_knobs(entry: str) -> tuple[str, list[str]]:
     """``family[@N][:key=value...]`` -> (``family[@N]``, ["key=value", ...])."""
     spec, *knobs = entry.split(":")
@@ -204,10 +210,10 @@ def main() -> None:
         source = Path(sources[name]["source"])
         if source.is_absolute() and not source.is_dir():
             sys.exit(f"{name}: dataset folder {source} not found")
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    families = split_entries(args.families)
     wanted: dict[str, dict] = {}
     runs: dict[str, tuple[str, str]] = {}  # dataset name -> (source name, image family)
-    video_families = [f.strip() for f in args.video_families.split(",") if f.strip()]
+    video_families = split_entries(args.video_families)
     video_runs: dict[str, tuple[str, str]] = {}  # dataset name -> (source name, video family)
     for name in chosen:
         if sources[name]["modality"] != "image":
