@@ -12,8 +12,9 @@
   and the plain prediction repeats it (a false alarm on the first normal frames); the restored
   prediction does not. While it lasts, both predictions miss it. On the built-in ``print`` tune
   clips this removed the 1-2 false frames after each event (frame AUROC 0.987 -> 0.992; test
-  false alarms 3 -> 0 of 81); on UCSD Ped2 it cost recall (the appearance autoencoder paints out
-  small movers too), so it is off by default and on for ``print``.
+  false alarms 3 -> 1 of 81); on UCSD Ped2 it cost recall (0.826 against 1.000 at the threshold:
+  the appearance autoencoder paints out small movers too), so it is off by default and on for
+  ``print``.
 - The anomaly map of frame t is ``pred_err / pred_scale + app_err / app_scale``: each squared
   error (averaged over channels) divided by its mean on the normal val split (``finish`` of the
   training plan sets the scales), so both terms weigh the same on normal data.
