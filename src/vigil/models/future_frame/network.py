@@ -141,16 +141,15 @@ class FutureFramePredictor(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """clip (B, T, C, H, W) -> for frames k..T-1, flattened to N = B*(T-k): (prediction
         (N, C, H, W), prediction error (N, 1, H, W), appearance error (N, 1, H, W) or None)."""
-        batch = clip.shape[0]
         histories, targets = self.windows(clip)
         prediction = self.predict(histories)
-        reconstructions = self.appearance(clip.flatten(0, 1))
         restored = None
-        if reconstructions is not None:
-            reconstructions = reconstructions.unflatten(0, (batch, -1))
-            if self.cfg.restored_context:
-                restored = self.predict(self.windows(reconstructions)[0])
-            reconstructions = reconstructions[:, self.context :].flatten(0, 1)
+        if self.cfg.restored_context:  # the context frames need their reconstructions too
+            frames = self.appearance(clip.flatten(0, 1)).unflatten(0, clip.shape[:2])
+            restored = self.predict(self.windows(frames)[0])
+            reconstructions = frames[:, self.context :].flatten(0, 1)
+        else:
+            reconstructions = self.appearance(targets)
         return prediction, *self.error_maps(targets, prediction, reconstructions, restored)
 
     def _output(
