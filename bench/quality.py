@@ -9,7 +9,8 @@ Image datasets (tile, capsules: the built-in generated capsules) run once per im
 ``--families`` on the same prepared data (datasets ``<name>_<family>``, each with the
 per-dataset override ``model: {image_family: <family>}``), and one table prints them side by
 side: image AUROC, pixel AUROC, AUPRO, recall at the gate's precision, false-alarm rate at the
-calibrated threshold (tune split; never selected on test) and training minutes. ``--size``,
+calibrated threshold (tune split; never selected on test), the tune split's own image and pixel
+AUROC (choose between runs on these, not on the test columns) and training minutes. ``--size``,
 ``--max-minutes`` and ``--trials`` shrink a run (``prepare.image.size``, ``train.max_minutes``,
 ``sweep.n_trials``; they are printed with the results).
 
@@ -82,17 +83,36 @@ def make_project(work: Path, datasets: dict[str, dict], shrink: dict[str, dict] 
 IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "false_alarm_rate")
 
 
+def tune_aucs(project: Path, name: str) -> tuple[float, float]:
+    """(image AUROC, pixel AUROC) on the tune split, from the stage's calibrated detector: the
+    split a change is chosen on (the table's other columns are the test split)."""
+    from sklearn.metrics import roc_auc_score
+
+    from vigil.data.prepared import PreparedDataset
+    from vigil.detector import Detector
+    from vigil.evaluation.evaluate import pixel_metrics
+    from vigil.evaluation.splits import score_split
+
+    data = PreparedDataset.load(project / "data" / "prepared" / name)
+    tune = score_split(Detector.load(project / "models" / name / "detector"), data, "tune")
+    y, p = tune.labels[tune.scored], tune.scores[tune.scored]
+    image = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+    return image, pixel_metrics(data, tune).get("pixel_auroc", float("nan"))
+
+
 def family_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
-    """Lines of the side-by-side table: one row per (dataset, family) run."""
+    """Lines of the side-by-side table: one row per (dataset, family) run; test-split metrics,
+    then the tune split's image and pixel AUROC."""
     width = max(12, *(len(family) for _, family in runs.values()))
     lines = [f"{'dataset':10} {'family':{width}} " + " ".join(f"{k:>19}" for k in IMAGE_KEYS)
-             + f" {'train_min':>9} {'epochs':>6}"]
+             + f" {'tune_image':>10} {'tune_pixel':>10} {'train_min':>9} {'epochs':>6}"]
     for name, (base, family) in runs.items():
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
         train = json.loads((project / "models" / name / "train.json").read_text())
         cells = " ".join(f"{metrics.get(k, float('nan')):>19.3f}" for k in IMAGE_KEYS)
-        lines.append(f"{base:10} {family:{width}} {cells} {train['wall_time_s'] / 60:>9.1f} "
-                     f"{train.get('epochs', '?'):>6}")
+        tune_image, tune_pixel = tune_aucs(project, name)
+        lines.append(f"{base:10} {family:{width}} {cells} {tune_image:>10.3f} {tune_pixel:>10.3f} "
+                     f"{train['wall_time_s'] / 60:>9.1f} {train.get('epochs', '?'):>6}")
     return lines
 
 
