@@ -233,6 +233,8 @@ class SweepConfig(Strict):
 
 SMOOTHING_WINDOWS = (1, 2, 4, 8)  # frames; the candidates of ``smoothing_window: auto``
 SMOOTHING_FALLBACK = 2
+ALERT_FRAMES = (1, 2, 3, 5)  # frames; the candidates of ``alert_frames: auto``
+ALERT_FALLBACK = 3  # 0.2 s at 15 fps
 
 
 class EvaluateConfig(Strict):
@@ -250,6 +252,11 @@ class EvaluateConfig(Strict):
     # with the highest frame AUROC on the labelled tune split (evaluate chooses it, ties: the
     # shorter), SMOOTHING_FALLBACK without labelled tune anomalies
     smoothing_window: int | Literal["auto"] = "auto"
+    # video: an alert (an event in the metrics, an alert of `vigil watch`) is this many frames
+    # in a row at or above the threshold; auto: the one of ALERT_FRAMES with the best event F1
+    # on the labelled tune split at the calibrated threshold (ties: the shorter), ALERT_FALLBACK
+    # without labelled tune anomalies
+    alert_frames: int | Literal["auto"] = "auto"
     # how the operating threshold is calibrated on tune: auto follows the gate (prevalence if
     # gate.prevalence is set, else false_alarm_rate if gate.max_false_alarm_rate is, else precision)
     threshold_method: Literal["auto", "precision", "false_alarm_rate", "prevalence"] = "auto"
@@ -266,6 +273,19 @@ class EvaluateConfig(Strict):
     def window(self) -> int:
         """The smoothing window in frames (``auto`` before evaluate chose: the fallback)."""
         return SMOOTHING_FALLBACK if self.smoothing_window == "auto" else self.smoothing_window
+
+    @field_validator("alert_frames")
+    @classmethod
+    def _positive_alert(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"alert_frames must be >= 1 frame or 'auto', got {value}")
+        return value
+
+    @property
+    def alert_run(self) -> int:
+        """Frames in a row above the threshold that make an alert (``auto`` before evaluate
+        chose: the fallback)."""
+        return ALERT_FALLBACK if self.alert_frames == "auto" else self.alert_frames
 
     @field_validator("median_blur")
     @classmethod

@@ -163,13 +163,18 @@ def test_evaluate_video_scores_clips_with_events_and_a_timeline(in_project, proj
                              dtype=None, encoding="utf-8")
     assert np.isnan(timeline["score"][timeline["frame"] == 0]).all()  # first frames: no score
     assert (out / "evaluation/timeline.png").is_file()
-    # smoothing_window: auto -> one of the candidates, chosen on tune, shipped in the detector
-    from vigil.config import SMOOTHING_WINDOWS
+    # smoothing_window and alert_frames: auto -> candidates chosen on tune, shipped in the
+    # detector (`vigil watch` alerts with the run length the event metrics counted)
+    from vigil.config import ALERT_FRAMES, SMOOTHING_WINDOWS
     from vigil.detector import Detector
 
     record = Detector.load(in_project / "models/melt/detector").record
     assert metrics["smoothing_window"] in SMOOTHING_WINDOWS
     assert record.postprocess.smoothing_window == metrics["smoothing_window"]
+    assert metrics["alert_frames"] in ALERT_FRAMES
+    assert record.postprocess.alert_frames == metrics["alert_frames"]
+    report = (out / "evaluation/report.html").read_text()
+    assert f"an alert (and an event in the metrics) is {metrics['alert_frames']} frame" in report
     _, run = training_run(in_project, "melt")
     assert run.data.metrics["test_frame_auroc"] == pytest.approx(metrics["frame_auroc"])
 

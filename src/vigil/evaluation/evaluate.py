@@ -29,6 +29,7 @@ import numpy as np
 from vigil.config import Params
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
+from vigil.evaluation import alerting as A
 from vigil.evaluation import calibration as C
 from vigil.evaluation import evidence as E
 from vigil.evaluation import metrics as M
@@ -137,9 +138,11 @@ def pixel_metrics(data: PreparedDataset, test: SplitScores) -> dict[str, float]:
 
 
 def test_metrics(
-    data: PreparedDataset, test: SplitScores, calibration: M.Calibration, precision: float
+    data: PreparedDataset, test: SplitScores, calibration: M.Calibration, precision: float,
+    alert_frames: int = 1,
 ) -> dict[str, Any]:
-    """The flat metric dict of the test split (names as in metrics.json)."""
+    """The flat metric dict of the test split (names as in metrics.json); video events are
+    alerts of ``alert_frames`` frames in a row."""
     ok = test.scored
     base = M.image_metrics(test.labels[ok], test.scores[ok], precision,
                            calibration.threshold, split="test")
@@ -164,7 +167,7 @@ def test_metrics(
             test.labels[raw_ok], test.raw[raw_ok], precision, split="test"
         )["auroc"]
         clips = [(test.labels[a:b], test.scores[a:b]) for _, a, b in test.clips]
-        out.update(VM.event_metrics(clips, calibration.threshold))
+        out.update(VM.event_metrics(clips, calibration.threshold, alert_frames))
         scored = [(test.labels[a:b][test.scored[a:b]], test.scores[a:b][test.scored[a:b]])
                   for _, a, b in test.clips]
         out.update(VM.clip_aurocs(scored))
@@ -249,14 +252,18 @@ def evaluate(
     val_maps = val.maps[val.scored]
     pixel_thr = PM.pixel_threshold(val_maps, cfg.pixel_threshold_quantile)
     split_hash = hash_test_split(data)
+    alert_f1s: dict[int, float] = {}
+    if data.modality == "video" and cfg.alert_frames == "auto":
+        frames, alert_f1s = A.choose_alert_frames(tune, calibration.threshold)
+        cfg = cfg.model_copy(update={"alert_frames": frames})
     detector = detector.calibrated(
-        threshold=calibration.threshold, pixel_threshold=pixel_thr,
+        postprocess=cfg, threshold=calibration.threshold, pixel_threshold=pixel_thr,
         calibration=calibration.to_dict(), data_hash=data.content_hash,
         test_split_hash=split_hash,
     )
 
     if evidence == E.EVIDENCE_LABELLED:
-        metrics = test_metrics(data, test, calibration, precision)
+        metrics = test_metrics(data, test, calibration, precision, cfg.alert_run)
     else:  # normal-only: no label metrics; synthetic ones when the data allows
         metrics = E.unlabelled_metrics(
             test, calibration.threshold, precision, calibration.gate_can_pass
@@ -266,6 +273,7 @@ def evaluate(
     metrics["pixel_threshold"] = pixel_thr
     if data.modality == "video":
         metrics["smoothing_window"] = cfg.window
+        metrics["alert_frames"] = cfg.alert_run
     flat = finite_metrics(metrics)
     ok = test.scored
     per_defect = M.per_defect_table(
@@ -309,6 +317,11 @@ def evaluate(
         if window_aucs:
             notes.append("smoothing window chosen on tune (frame AUROC by window: "
                          + ", ".join(f"{w}: {auc:.3f}" for w, auc in window_aucs.items()) + ")")
+        notes.append(f"an alert (and an event in the metrics) is {cfg.alert_run} frame(s) in a "
+                     "row at or above the threshold, as `vigil watch` raises it")
+        if alert_f1s:
+            notes.append("alert frames chosen on tune (event F1 by frames: "
+                         + ", ".join(f"{k}: {f1:.3f}" for k, f1 in alert_f1s.items()) + ")")
     if not calibration.gate_can_pass:
         notes.append(calibration.note)
     if E.missing_evidence_note(evidence):

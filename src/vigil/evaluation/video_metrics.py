@@ -16,16 +16,27 @@ def runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
+def alert_mask(flagged: np.ndarray, alert_frames: int) -> np.ndarray:
+    """(T,) bool: the frames an alert covers, as ``vigil watch`` raises them: a run of flagged
+    frames alerts from its ``alert_frames``-th frame to its end (shorter runs never alert)."""
+    alerting = np.zeros_like(flagged, dtype=bool)
+    for start, stop in runs(flagged):
+        if stop - start >= alert_frames:
+            alerting[start + alert_frames - 1 : stop] = True
+    return alerting
+
+
 def event_metrics(
-    clips: list[tuple[np.ndarray, np.ndarray]], threshold: float
+    clips: list[tuple[np.ndarray, np.ndarray]], threshold: float, alert_frames: int = 1
 ) -> dict[str, float]:
     """Event-level recall and precision over clips of (labels (T,), smoothed scores (T,)).
 
-    An event is a maximal run of frames labelled anomalous; it is detected when any of its
-    frames has ``score >= threshold``. A predicted event is a maximal run of frames at or above
-    the threshold; it is false when it overlaps no labelled event. NaN scores (a clip's first
-    frame, which has no prediction) never count as flagged. Also reports the mean detection
-    delay in frames (first flagged frame minus event start, over detected events).
+    An event is a maximal run of frames labelled anomalous. An alert is what ``vigil watch``
+    raises: ``alert_frames`` frames in a row with ``score >= threshold`` start one, and it lasts
+    while the score stays there (``alert_mask``). An event is detected when an alert covers any
+    of its frames; an alert is false when it covers no labelled frame. NaN scores (a clip's
+    first frame, which has no prediction) never count as flagged. Also reports the mean
+    detection delay in frames (first alerting frame minus event start, over detected events).
     """
     n_events = detected = n_pred = false_pred = 0
     delays: list[int] = []
@@ -34,13 +45,14 @@ def event_metrics(
         flagged = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf) >= threshold
         if labels.shape != flagged.shape:
             raise MetricsInputError(f"a clip has {labels.size} labels but {flagged.size} scores")
+        alerting = alert_mask(flagged, alert_frames)
         for start, stop in runs(labels):
             n_events += 1
-            hits = np.flatnonzero(flagged[start:stop])
+            hits = np.flatnonzero(alerting[start:stop])
             if hits.size:
                 detected += 1
                 delays.append(int(hits[0]))
-        for start, stop in runs(flagged):
+        for start, stop in runs(alerting):
             n_pred += 1
             if not labels[start:stop].any():
                 false_pred += 1

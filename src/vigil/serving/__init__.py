@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from vigil.config import ConfigError, Strict, read_yaml_mapping, validate_config
+
+if TYPE_CHECKING:
+    from vigil.detector import Detector
 
 DEFAULT_CONFIG = "configs/serving.yaml"
 
@@ -53,10 +58,16 @@ class WatchSettings(Strict):
     """``vigil watch``: alerting on a stream (the score and its smoothing are the model's own,
     as evaluated: ``Detector.stream``)."""
 
-    alert_frames: int = Field(5, ge=1)  # smoothed score above threshold this many frames: alert
+    # smoothed score at or above the threshold this many frames in a row: alert; None: the
+    # model's own ``evaluate.alert_frames``, the rule its event metrics were measured with
+    alert_frames: int | None = Field(None, ge=1)
     webhook_timeout_s: float = Field(2.0, gt=0)
     timeline_frames: int = Field(240, ge=8)  # frames shown in the output video's score strip
     read_queue: int = Field(8, ge=1)  # decoded frames buffered ahead of inference
+
+    def alert_run(self, detector: Detector) -> int:
+        """Frames in a row that raise an alert for ``detector``: this setting, else the model's."""
+        return self.alert_frames or detector.postprocess.alert_run
 
 
 class ConsoleSettings(Strict):

@@ -90,7 +90,8 @@ def _add_watch(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--source-fps", type=float, help="rate of a frame folder without fps.txt")
     parser.add_argument("--max-frames", type=int, help="stop after this many source frames")
-    parser.add_argument("--alert-frames", type=int, help="frames above threshold before alerting")
+    parser.add_argument("--alert-frames", type=int, help="frames in a row above the threshold that raise an alert "
+                             "(default: the model's own, chosen at evaluate)")
     parser.set_defaults(handler=run_watch)
 
 

@@ -8,7 +8,7 @@ Each output frame is a header bar over three panels over a timeline strip::
 
 The header is dark gray on a normal frame and red on a flagged one (smoothed score at or above the
 threshold), with ``ANOMALY`` on the right; ``ALARM`` is added while an alert is active (the score
-stayed above the threshold for ``watch.alert_frames`` frames). A frame without a score yet (a
+stayed above the threshold for the alert's run of frames, ``WatchSettings.alert_run``). A frame without a score yet (a
 video model's first frame) reads ``score --``. The file is written under a temporary name and
 renamed when closed, so a reader never sees a half-written video under the final name.
 """

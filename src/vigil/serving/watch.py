@@ -4,7 +4,9 @@ Frames are decoded on a reader thread (decode overlaps inference), resampled by 
 model's rate (``vigil.data.video.FrameResampler``), and pushed through one ``FrameStream``, which
 carries the ConvLSTM state frame to frame and smooths the score with a moving average (image
 models score each frame on its own). An alert fires when the smoothed score stays above the
-model's threshold for ``alert_frames`` frames in a row: a log line plus a JSON event on stdout
+model's threshold for ``alert_frames`` frames in a row (``watch.alert_frames``, by default the
+model's own ``evaluate.alert_frames``, the rule its event metrics measured): a log line plus a
+JSON event on stdout
 and, optionally, a POST to a webhook. An optional side-by-side video
 (``vigil.serving.sidebyside``) shows the frame number, score, threshold and an alarm banner over
 input | prediction | heat-map overlay over a strip with the score timeline and the threshold.
@@ -293,7 +295,7 @@ def watch(
     fps = scorer.info.fps if target_fps == "model" else target_fps
     resampler = FrameResampler(float(fps) if fps else None)
     stream: FrameStream = scorer.stream()
-    alerts = AlertTracker(settings.alert_frames, scorer.info.threshold)
+    alerts = AlertTracker(settings.alert_run(scorer.detector), scorer.info.threshold)
     sink = EventSink(events, webhook, settings.webhook_timeout_s)
     summary = WatchSummary(source=source, model_version=scorer.info.version)
     writer = None

@@ -16,7 +16,7 @@ def test_repo_serving_yaml_is_valid_and_matches_defaults_where_documented():
     config = load_serving_config(REPO / "configs" / "serving.yaml")
     assert config.follow.alias == "champion"
     assert config.limits.max_request_bytes == 20 * 1024 * 1024
-    assert config.watch.alert_frames >= 1
+    assert config.watch.alert_frames is None  # the model's own, chosen at evaluate
 
 
 def test_unknown_key_is_an_error_naming_file_and_key(tmp_path):

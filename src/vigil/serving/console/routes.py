@@ -67,7 +67,7 @@ def console_router(
             "token_required": token_set,
             "retrain_enabled": token_set,
             "score_log": str(score_log) if score_log else None,
-            "alert_frames": config.watch.alert_frames,
+            "alert_frames": config.watch.alert_run(holder.current.detector),
             "max_batch": config.limits.max_batch,
             "max_clip_frames": config.limits.max_clip_frames,
         }
