@@ -201,7 +201,7 @@ def _nested_errors(prefix: str, error: ValidationError) -> str:
 
 
 class TrainConfig(Strict):
-    max_epochs: int = Field(30, ge=1)
+    max_epochs: int = Field(100, ge=1)
     patience: int = Field(20, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(0.002, gt=0)

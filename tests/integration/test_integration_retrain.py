@@ -126,6 +126,7 @@ def test_full_pipeline_story(tmp_path: Path, mlflow_store: str) -> None:
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     params["data"]["datasets"] = {"capsules": params["data"]["datasets"]["capsules"]}
     params["data"]["datasets"]["capsules"].pop("prepare", None)  # TINY's global 16x16 applies
+    params["data"]["datasets"]["capsules"].pop("train", None)  # and its epochs
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     retrain = yaml.safe_load((REPO / "configs/retrain.yaml").read_text())
     retrain["datasets"] = {"capsules": retrain["datasets"]["capsules"]}

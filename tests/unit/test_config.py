@@ -70,9 +70,13 @@ def test_data_defaults_and_the_shipped_file_loads():
     printing = params.for_dataset("print")  # the melt-pool video restores the context only
     assert printing.model.family_config("future_frame").restored_context
     assert not params.model.family_config("future_frame").restored_context
-    assert printing.model_copy(update={"model": params.model}) == params
+    assert printing.model_copy(update={"model": params.model, "train": params.train}) == params
     capsules = params.for_dataset("capsules")  # the synthetic capsules keep the seeds' model
     assert capsules.model.image_family == "conv_ae" and capsules.prepare.image.size == (64, 64)
+    # the built-in datasets converge in 30 epochs (`make repro` stays short); real data gets
+    # the default, bounded by the wall-clock budget
+    assert printing.train.max_epochs == capsules.train.max_epochs == 30
+    assert (params.train.max_epochs, params.train.max_minutes) == (100, 20)
     assert (params.model.image_family, params.prepare.image.size) == ("draem", (128, 128))
 
 
@@ -97,7 +101,7 @@ def test_dataset_overrides_deep_merge_over_the_global_sections(tmp_path):
     assert big.evaluate.roi == (0, 0, 64, 64)
     assert params.modality_prep("big").size == (96, 128)
     printing = params.for_dataset("print")  # other datasets keep the global settings
-    assert printing.prepare == params.prepare and printing.train == params.train
+    assert printing.prepare == params.prepare and printing.evaluate == params.evaluate
     assert params.prepare.image.size == (128, 128)
     assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}}) == {
         "a": {"b": 5, "c": 2},
