@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -262,24 +263,17 @@ class EvaluateConfig(Strict):
     threshold_method: Literal["auto", "precision", "false_alarm_rate", "prevalence"] = "auto"
     n_report_examples: int = Field(6, ge=0)
 
-    @field_validator("smoothing_window")
+    @field_validator("smoothing_window", "alert_frames")
     @classmethod
-    def _positive_window(cls, value: int | str) -> int | str:
+    def _frames_or_auto(cls, value: int | str, info: ValidationInfo) -> int | str:
         if value != "auto" and value < 1:
-            raise ValueError(f"smoothing window must be >= 1 frame or 'auto', got {value}")
+            raise ValueError(f"{info.field_name} must be >= 1 frame or 'auto', got {value}")
         return value
 
     @property
     def window(self) -> int:
         """The smoothing window in frames (``auto`` before evaluate chose: the fallback)."""
         return SMOOTHING_FALLBACK if self.smoothing_window == "auto" else self.smoothing_window
-
-    @field_validator("alert_frames")
-    @classmethod
-    def _positive_alert(cls, value: int | str) -> int | str:
-        if value != "auto" and value < 1:
-            raise ValueError(f"alert_frames must be >= 1 frame or 'auto', got {value}")
-        return value
 
     @property
     def alert_run(self) -> int:

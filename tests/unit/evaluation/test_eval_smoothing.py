@@ -61,5 +61,5 @@ def test_a_tune_split_without_anomalies_cannot_choose():
 def test_the_window_is_auto_or_a_positive_frame_count():
     assert EvaluateConfig().window == SMOOTHING_FALLBACK
     assert EvaluateConfig(smoothing_window=4).window == 4
-    with pytest.raises(ValueError, match="smoothing window"):
+    with pytest.raises(ValueError, match="smoothing_window"):
         EvaluateConfig(smoothing_window=0)
