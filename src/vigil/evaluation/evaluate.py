@@ -242,8 +242,7 @@ def evaluate(
     if data.modality == "video" and cfg.smoothing_window == "auto":
         window, window_aucs = S.choose_window(scored["tune"])
         scored = {s: S.resmoothed(split, window) for s, split in scored.items()}
-        cfg = cfg.model_copy(update={"smoothing_window": window})
-        detector = detector.calibrated(postprocess=cfg)
+        cfg = cfg.model_copy(update={"smoothing_window": window})  # shipped below
     val, tune, test = scored["val"], scored["tune"], scored["test"]
     evidence = E.evidence_of(data, test)
     if not test.scored.any() and evidence == E.EVIDENCE_NONE:
