@@ -83,21 +83,54 @@ def make_project(work: Path, datasets: dict[str, dict], shrink: dict[str, dict] 
 IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "false_alarm_rate")
 
 
-def tune_aucs(project: Path, name: str) -> tuple[float, float]:
-    """(image AUROC, pixel AUROC) on the tune split, from the stage's calibrated detector: the
-    split a change is chosen on (the table's other columns are the test split)."""
+def split_aucs(detector, data, split: str) -> tuple[float, float]:
+    """(image AUROC, pixel AUROC) of ``detector`` on ``split`` (NaN where undefined)."""
     from sklearn.metrics import roc_auc_score
 
-    from vigil.data.prepared import PreparedDataset
-    from vigil.detector import Detector
     from vigil.evaluation.evaluate import pixel_metrics
     from vigil.evaluation.splits import score_split
 
-    data = PreparedDataset.load(project / "data" / "prepared" / name)
-    tune = score_split(Detector.load(project / "models" / name / "detector"), data, "tune")
-    y, p = tune.labels[tune.scored], tune.scores[tune.scored]
+    scored = score_split(detector, data, split)
+    y, p = scored.labels[scored.scored], scored.scores[scored.scored]
     image = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    return image, pixel_metrics(data, tune).get("pixel_auroc", float("nan"))
+    return image, pixel_metrics(data, scored).get("pixel_auroc", float("nan"))
+
+
+def tune_aucs(project: Path, name: str) -> tuple[float, float]:
+    """(image AUROC, pixel AUROC) on the tune split, from the stage's calibrated detector: the
+    split a change is chosen on (the table's other columns are the test split)."""
+    from vigil.data.prepared import PreparedDataset
+    from vigil.detector import Detector
+
+    data = PreparedDataset.load(project / "data" / "prepared" / name)
+    return split_aucs(Detector.load(project / "models" / name / "detector"), data, "tune")
+
+
+def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
+    """For runs whose family can read several anomaly maps off one trained network
+    (``Family.map_knob``): every map's tune and test AUROCs, the shipped one (chosen on tune
+    when the knob is ``auto``) marked; the other rows are what the same weights give otherwise."""
+    from vigil.data.prepared import PreparedDataset
+    from vigil.detector import Detector
+
+    lines: list[str] = []
+    for name, (base, family) in runs.items():
+        detector = Detector.load(project / "models" / name / "detector")
+        knob = detector.family.map_knob
+        if knob is None:
+            continue
+        data = PreparedDataset.load(project / "data" / "prepared" / name)
+        if not lines:
+            lines.append(f"{'dataset':10} {'family':12} {'map':24} {'tune_image':>10} "
+                         f"{'tune_pixel':>10} {'test_image':>10} {'test_pixel':>10}")
+        shipped = detector.record.spec["model"][knob]
+        for choice in detector.family.map_choices:
+            variant = detector.with_model(**{knob: choice})
+            cells = [*split_aucs(variant, data, "tune"), *split_aucs(variant, data, "test")]
+            mark = " (shipped)" if choice == shipped else ""
+            lines.append(f"{base:10} {family:12} {choice + mark:24} "
+                         + " ".join(f"{c:>10.3f}" for c in cells))
+    return lines
 
 
 def family_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
@@ -275,6 +308,10 @@ def main() -> None:
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}  settings: {shrink or 'params.yaml'}")
     if runs:
         print("\n".join(family_table(project, runs)))
+        maps = map_table(project, runs)
+        if maps:
+            print("\nanomaly maps of the same trained networks (test rows: not used to choose)")
+            print("\n".join(maps))
     for name in wanted:
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
         decision = json.loads((project / "reports" / name / "decision.json").read_text())

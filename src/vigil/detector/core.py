@@ -41,7 +41,7 @@ from vigil.detector.record import (
 )
 from vigil.models.registry import get_family
 from vigil.models.spec import WEIGHTS_FILE as TRAINED_WEIGHTS
-from vigil.models.spec import load_network, read_spec, save_weights
+from vigil.models.spec import build_model, load_network, read_spec, save_weights
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,14 @@ class Detector:
         record = self.record.model_copy(update=fields)
         return Detector(self.network, DetectorRecord.model_validate(record.model_dump()),
                         self.reference)
+
+    def with_model(self, **knobs: Any) -> Detector:
+        """The same weights with family knobs replaced in the spec; only for knobs read when
+        scoring (e.g. the family's ``map_knob``), which the weights do not depend on."""
+        spec = {**self.record.spec, "model": {**self.record.spec["model"], **knobs}}
+        network = build_model(spec).to(self.device)
+        network.load_state_dict(self.network.state_dict())
+        return Detector(network, self.record.model_copy(update={"spec": spec}), self.reference)
 
     def save(self, folder: Path | str) -> Path:
         """Write ``weights.safetensors`` then ``detector.json`` into ``folder`` (each atomic)."""

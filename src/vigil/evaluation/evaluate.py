@@ -31,6 +31,7 @@ from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
 from vigil.evaluation import alerting as A
 from vigil.evaluation import calibration as C
+from vigil.evaluation import map_choice as MC
 from vigil.evaluation import evidence as E
 from vigil.evaluation import metrics as M
 from vigil.evaluation import pixel_metrics as PM
@@ -237,7 +238,12 @@ def evaluate(
             f"{data.modality} dataset"
         )
 
-    scored = {s: score_split(detector, data, s) for s in ("val", "tune", "test")}
+    map_aucs: dict[str, float] = {}
+    chosen_tune = None
+    if MC.needs_choice(detector):  # the family's map knob is auto: chosen on tune, shipped
+        detector, chosen_tune, map_aucs = MC.choose_map(detector, data)
+    scored = {s: score_split(detector, data, s) for s in ("val", "test")}
+    scored["tune"] = score_split(detector, data, "tune") if chosen_tune is None else chosen_tune
     window_aucs: dict[int, float] = {}
     if data.modality == "video" and cfg.smoothing_window == "auto":
         window, window_aucs = S.choose_window(scored["tune"])
@@ -310,6 +316,12 @@ def evaluate(
         "evidence": evidence,
     }
     notes = ["the gate's verdict (with the champion comparison) is added at register"]
+    knob = detector.family.map_knob
+    if knob is not None:
+        summary["anomaly map"] = f"{knob} = {detector.record.spec['model'][knob]}"
+    if map_aucs:
+        notes.append(f"{knob} chosen on tune (image AUROC by map: "
+                     + ", ".join(f"{c}: {auc:.3f}" for c, auc in map_aucs.items()) + ")")
     if data.modality == "video":
         notes.append("video: the first frame of each clip has no prediction and is not scored; "
                      f"scores are a trailing moving average over {cfg.window} frames")

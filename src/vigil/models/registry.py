@@ -44,6 +44,10 @@ class Family:
     ``"module:callable"`` with signature ``(network, data, prep, train_cfg) -> TrainingPlan``.
     ``depth_knob``: the searchable knob that halves the encoding's spatial size per step (the
     sweep's ``encoding_side`` sets it from the image size; None: the family has none).
+    ``map_knob``: a knob read only when scoring (the weights do not depend on it) that picks
+    which anomaly map the network outputs; its value ``auto`` lets the evaluate stage choose
+    among ``map_choices`` on the labelled tune split (``evaluation.map_choice``), and until
+    then (sweep, unlabelled tune) the network reads ``auto`` as ``map_choices[0]``.
     """
 
     name: str
@@ -53,6 +57,8 @@ class Family:
     network: str
     training: str
     depth_knob: str | None = None
+    map_knob: str | None = None
+    map_choices: tuple[str, ...] = ()
 
     def build(self, in_channels: int, cfg: BaseModel, output: str = "sigmoid") -> Any:
         """A fresh network (raises ``ImageTooSmallError`` later, at the first size check)."""

@@ -55,10 +55,14 @@ def _item(index: int, split: str, label: int, **extra) -> dict:
     }
 
 
-def make_image_dataset(root: Path, size: int = 32, seed: int = 0) -> Path:
-    """16 train, 4 val, 6 tune (3 anomalous), 4 test (2 anomalous) RGB images."""
+def make_image_dataset(
+    root: Path, size: int = 32, seed: int = 0, labelled_tune: bool = True
+) -> Path:
+    """16 train, 4 val, 6 tune (3 anomalous; none when not ``labelled_tune``), 4 test (2
+    anomalous) RGB images."""
     rng = np.random.default_rng(seed)
-    layout = [("train", 0)] * 16 + [("val", 0)] * 4 + [("tune", 0), ("tune", 1)] * 3
+    layout = [("train", 0)] * 16 + [("val", 0)] * 4
+    layout += [("tune", 0), ("tune", int(labelled_tune))] * 3
     layout += [("test", 0), ("test", 1)] * 2
     frames, masks, items = [], [], []
     for index, (split, label) in enumerate(layout):

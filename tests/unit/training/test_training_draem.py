@@ -67,6 +67,10 @@ def test_draem_trains_evaluates_and_packages_with_identical_scores(mlflow_store,
     data = PreparedDataset.load(data_dir)
     detector = Detector.load(evaluated.detector_dir)
     assert detector.record.family == "draem"
+    # anomaly_map auto: chosen on tune, shipped in the spec, named in the report
+    assert detector.record.spec["model"]["anomaly_map"] in get_family("draem").map_choices
+    assert "anomaly_map chosen on tune (image AUROC by map: fused" in (
+        evaluated.report_path.read_text())
     test = score_split(detector, data, "test")
     frames = np.asarray(data.frames[test.rows])
     packaged = load_detector(save_package(tmp_path / "pkg", evaluated.detector_dir))

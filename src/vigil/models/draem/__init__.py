@@ -3,7 +3,7 @@ learns to restore normal images into which synthetic anomalies were pasted, and 
 reading [input, reconstruction] segments the anomaly. The anomaly map is the predicted mask
 (mean-filtered); the encoding size of the autoencoder stays the sweep's knob."""
 
-from vigil.models.draem.config import DraemConfig
+from vigil.models.draem.config import ANOMALY_MAPS, DraemConfig
 from vigil.models.registry import Family
 
 FAMILY = Family(
@@ -14,4 +14,6 @@ FAMILY = Family(
     network="vigil.models.draem.network:DraemNetwork",
     training="vigil.models.draem.training:draem_plan",
     depth_knob="depth",
+    map_knob="anomaly_map",
+    map_choices=ANOMALY_MAPS,
 )

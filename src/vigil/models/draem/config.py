@@ -9,6 +9,11 @@ from pydantic import Field, model_validator
 from vigil.config import Strict
 from vigil.models.error_maps import ErrorMapKind
 
+# the anomaly maps a trained network can output; the first is what ``auto`` reads as until the
+# evaluate stage chooses one on the labelled tune split
+ANOMALY_MAPS = ("fused", "segmentation", "reconstruction")
+AnomalyMap = Literal["auto", "fused", "segmentation", "reconstruction"]
+
 
 class DraemConfig(Strict):
     """Reconstructive autoencoder (encoding = latent_channels x H/2**depth x W/2**depth, the
@@ -23,9 +28,11 @@ class DraemConfig(Strict):
     seg_filters: int = Field(8, ge=1)  # first level; doubled per level, capped at 128
     seg_depth: int = Field(4, ge=1, le=5)
     # anomaly map: segmentation (the predicted mask), reconstruction (the restoration-trained
-    # autoencoder's error_map) or fused (both, each divided by its mean on normal val images)
-    # fused and ssim: chosen on the tune split of the magnetic tiles (bench/quality.py, README)
-    anomaly_map: Literal["segmentation", "reconstruction", "fused"] = "fused"
+    # autoencoder's error_map), fused (both, each divided by its mean on normal val images) or
+    # auto: the one with the best image AUROC on the labelled tune split, chosen at evaluate
+    # (which wins is a property of the data: the mask on the magnetic tiles, the reconstruction
+    # on a photograph probe; README)
+    anomaly_map: AnomalyMap = "auto"
     error_map: ErrorMapKind = "ssim"  # the reconstruction term: l2 | ssim | gradient
     # mean filter over the predicted mask, as a fraction of the shorter image side
     smooth_fraction: float = Field(0.04, ge=0, le=0.5)

@@ -18,7 +18,9 @@ Anomaly map (``AnomalyOutput.error_map``, ``cfg.anomaly_map``):
   or gradient, ``vigil.models.error_maps``);
 - ``fused``: ``segmentation / seg_scale + reconstruction / rec_scale``, each term divided by its
   mean on the normal val images (set after training, ``training.set_map_scales``), so both
-  weigh 1 on normal data.
+  weigh 1 on normal data;
+- ``auto``: read as ``fused`` until the evaluate stage chooses one of the three on the labelled
+  tune split (``evaluation.map_choice``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from vigil.models.blocks import (
     pad_to_multiple,
     padded_size,
 )
-from vigil.models.draem.config import DraemConfig
+from vigil.models.draem.config import ANOMALY_MAPS, DraemConfig
 from vigil.models.error_maps import error_map
 from vigil.models.outputs import AnomalyOutput
 
@@ -166,7 +168,7 @@ class DraemNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
         reconstruction, segmentation, rec_error = self.terms(x)
-        mode = self.cfg.anomaly_map
+        mode = ANOMALY_MAPS[0] if self.cfg.anomaly_map == "auto" else self.cfg.anomaly_map
         if mode == "segmentation":
             anomaly = segmentation
         elif mode == "reconstruction":
