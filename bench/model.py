@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N] [--device cuda]
         [--image-families conv_ae,draem] [--video-families convlstm,future_frame]
+        [--image-families draem,draem:anomaly_map=segmentation]
 
 For the image and video model families (default: params.yaml's ``model.image_family`` /
 ``model.video_family``; ``--image-families`` / ``--video-families`` compare several in one run,
-each with its ``model.<family>`` knobs, and print each one's inference rate as a ratio of the
-first one's at the same size and batch), at each size and at batch 1 and 32:
+each with its ``model.<family>`` knobs, ``family:key=value`` overriding one of them, and print
+each one's inference rate as a ratio of the first one's at the same size and batch), at each
+size and at batch 1 and 32:
 
 - inference frames/s: image = ``to_tensor`` + model + heat-map post-processing
   (``vigil.detector.postprocess.smooth_map`` + ``image_score``, when that module is present);
@@ -40,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 import vigil  # noqa: E402,F401  (first: OpenMP defaults before torch loads, see vigil.threads)
+from knobs import family_knobs, split_knobs  # noqa: E402
 
 TUNED_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
@@ -96,14 +99,17 @@ def machine_peaks(seconds: float) -> dict[str, float]:
     return {"conv3x3_gflops": conv_flops * conv_rate / 1e9, "mm_gflops": 2 * 2048**3 * mm_rate / 1e9}
 
 
-def build(modality: str, family: str, size: int):
+def build(modality: str, entry: str, size: int):
+    """(network of ``entry`` (``family[:key=value...]``) at ``size``, its prep, the params)."""
     from vigil.config import load_params
     from vigil.models.spec import build_model, model_spec
 
+    family, knobs = split_knobs(entry)
     params = load_params(ROOT / "params.yaml")
     prep = params.prepare.image if modality == "image" else params.prepare.video
     prep = prep.model_copy(update={"size": (size, size)})
     cfg = params.model.family_config(family)
+    cfg = cfg.model_validate({**cfg.model_dump(), **family_knobs(knobs)})
     spec = model_spec(family, prep.channels, (size, size), cfg, prep=prep)
     return build_model(spec).to(DEVICE), prep, params
 
@@ -213,7 +219,7 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "peaks":
         out = machine_peaks(args.seconds)
     else:
-        modality, family, size = args.worker.split(":")
+        modality, family, size = args.worker.split("|")
         fn = bench_image if modality == "image" else bench_video
         out = {"rows": fn(family, int(size), args.batches, args.seconds)}
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             first: dict[tuple[int, int], float] = {}  # (size, batch) -> the first family's rate
             for family in families[modality]:
                 for size in args.sizes:
-                    out = run_worker(f"{modality}:{family}:{size}", env, args)
+                    out = run_worker(f"{modality}|{family}|{size}", env, args)
                     for row in out["rows"]:
                         row["modality"] = modality
                         row["peak_rss_mib"] = out["peak_rss_mib"]

@@ -48,6 +48,7 @@ import yaml
 
 import vigil  # noqa: F401  (first: OpenMP defaults before torch loads, see vigil.threads)
 from vigil.config import deep_merge
+from knobs import knob_overrides, split_knobs
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
@@ -205,28 +206,6 @@ def clip_aucs(project: Path, name: str) -> dict[str, float]:
 def split_entries(text: str) -> list[str]:
     """Comma-separated runs; a comma inside [...] belongs to a knob's value (size=[128, 128])."""
     return [e.strip() for e in re.split(r",(?![^\[]*\])", text) if e.strip()]
-
-
-def split_knobs(entry: str) -> tuple[str, list[str]]:
-    """``family[@N][:key=value...]`` -> (``family[@N]``, ["key=value", ...])."""
-    spec, *knobs = entry.split(":")
-    return spec, knobs
-
-
-def knob_overrides(family: str, knobs: list[str]) -> dict:
-    """["restored_context=false", "evaluate.smoothing_window=1"] -> a per-dataset override: a
-    plain key is the family's knob (``model.<family>.<key>``), a dotted one a params path."""
-    override: dict = {}
-    for knob in knobs:
-        key, sep, value = knob.partition("=")
-        if not sep:
-            sys.exit(f"knob {knob!r}: expected key=value (e.g. restored_context=false)")
-        path = key.split(".") if "." in key else ["model", family, key]
-        node = override
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(value)
-    return override
 
 
 def main() -> None:
