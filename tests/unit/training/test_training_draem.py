@@ -48,6 +48,19 @@ def test_network_maps_are_probabilities_of_the_input_size():
     assert torch.allclose(out.score, out.error_map.amax(dim=(1, 2, 3)))
 
 
+def test_a_stride_2_segmentation_net_runs_at_half_resolution_and_maps_the_input_size():
+    cfg = DraemConfig(**{**TINY_DRAEM, "seg_stride": 2, "anomaly_map": "segmentation"})
+    net = DraemNetwork(1, cfg).eval()
+    assert net.encoding_shape(30, 36) == (4, 8, 10)  # padded to 32 x 40: a multiple of 2**(2 + 1)
+    seen = []
+    net.segmenter.stem.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-2:]))
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 30, 36))
+    assert seen == [(16, 20)]  # the padded 32 x 40, halved by the stem
+    assert out.error_map.shape == (2, 1, 30, 36)
+    assert 0 <= float(out.error_map.min()) and float(out.error_map.max()) <= 1
+
+
 def test_draem_trains_evaluates_and_packages_with_identical_scores(mlflow_store, tmp_path):
     data_dir = make_image_dataset(tmp_path / "data" / "prepared" / "tiny")
     params = draem_params(max_minutes=10)
@@ -86,7 +99,7 @@ def test_a_wall_clock_budget_stops_training_after_a_validated_epoch(mlflow_store
     assert 1 <= result.epochs < 500 and result.objective > 0
 
 
-@pytest.mark.parametrize("mode", ["reconstruction", "fused"])
+@pytest.mark.parametrize("mode", ["reconstruction", "segmentation", "fused"])
 def test_anomaly_map_modes_and_the_fused_scales_from_normal_images(mode):
     from vigil.data.torch_datasets import ImageDataset  # noqa: F401  (type of the val images)
     from vigil.models.draem.training import set_map_scales
@@ -101,7 +114,10 @@ def test_anomaly_map_modes_and_the_fused_scales_from_normal_images(mode):
         out = net(x)
     assert float(net.seg_scale) == pytest.approx(float(segmentation.mean()), rel=1e-4)
     assert float(net.rec_scale) == pytest.approx(float(rec_error.mean()), rel=1e-4)
+    assert torch.allclose(out.reconstruction, reconstruction)  # forward computes what mode needs
     if mode == "reconstruction":
         assert torch.allclose(out.error_map, rec_error)
+    elif mode == "segmentation":
+        assert torch.allclose(out.error_map, segmentation)
     else:  # both terms weigh 1 on the normal images the scales came from
         assert float(out.error_map.mean()) == pytest.approx(2.0, rel=1e-3)

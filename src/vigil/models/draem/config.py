@@ -27,6 +27,7 @@ class DraemConfig(Strict):
     # discriminative (segmentation) network
     seg_filters: int = Field(8, ge=1)  # first level; doubled per level, capped at 128
     seg_depth: int = Field(4, ge=1, le=5)
+    seg_stride: Literal[1, 2] = 1  # 2: the U-Net runs at half resolution (a stride-2 stem)
     # anomaly map: segmentation (the predicted mask), reconstruction (the restoration-trained
     # autoencoder's error_map), fused (both, each divided by its mean on normal val images) or
     # auto: the one with the best image AUROC on the labelled tune split, chosen at evaluate

@@ -56,12 +56,16 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class SegmentationNet(nn.Module):
-    """U-Net: (N, c_in, H, W), H and W divisible by 2**depth -> mask logits (N, 1, H, W)."""
+    """U-Net: (N, c_in, H, W), H and W divisible by 2**depth * stride -> mask logits (N, 1, H, W).
 
-    def __init__(self, c_in: int, filters: int, depth: int) -> None:
+    ``stride`` 2 runs the U-Net at half resolution (a stride-2 stem) and upsamples the logits
+    bilinearly: its full-resolution layers were most of the family's inference time."""
+
+    def __init__(self, c_in: int, filters: int, depth: int, stride: int = 1) -> None:
         super().__init__()
         widths = [min(filters * 2**i, MAX_SEG_FILTERS) for i in range(depth + 1)]
-        self.stem = _conv_bn(c_in, widths[0])
+        self.stride = stride
+        self.stem = _conv_bn(c_in, widths[0], stride=stride)
         self.downs = nn.ModuleList(
             nn.Sequential(_conv_bn(widths[i], widths[i + 1], stride=2),
                           _conv_bn(widths[i + 1], widths[i + 1]))
@@ -83,7 +87,10 @@ class SegmentationNet(nn.Module):
             skip = skips.pop()
             h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
             h = up(torch.cat([h, skip], dim=1))
-        return self.head(h)
+        logits = self.head(h)
+        if self.stride > 1:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
 
 
 def mean_filter(maps: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -119,7 +126,7 @@ class DraemNetwork(nn.Module):
         self.in_channels = in_channels
         self.cfg = cfg
         self.depth = cfg.depth
-        self.pad_depth = max(cfg.depth, cfg.seg_depth)
+        self.pad_depth = max(cfg.depth, cfg.seg_depth + (cfg.seg_stride - 1))
         filters = block_filters(cfg.filters, cfg.depth)
         chans = [in_channels, *filters]
         self.downs = nn.ModuleList(
@@ -131,7 +138,8 @@ class DraemNetwork(nn.Module):
         self.data_range = 1.0 if output == "sigmoid" else None  # SSIM's range: [0, 1] or per batch
         self.register_buffer("seg_scale", torch.ones(()))
         self.register_buffer("rec_scale", torch.ones(()))
-        self.segmenter = SegmentationNet(2 * in_channels, cfg.seg_filters, cfg.seg_depth)
+        self.segmenter = SegmentationNet(2 * in_channels, cfg.seg_filters, cfg.seg_depth,
+                                         cfg.seg_stride)
 
     def encoding_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, H', W') of the reconstructive encoding of an image of ``height`` x ``width``."""
@@ -144,35 +152,53 @@ class DraemNetwork(nn.Module):
         side = round(self.cfg.smooth_fraction * min(height, width))
         return side + 1 if side % 2 == 0 else side
 
-    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (reconstruction (B, C, H, W), mask logits (B, 1, H, W))."""
-        height, width = x.shape[-2:]
-        padded = pad_to_multiple(x, self.pad_depth)
+    def _restore(self, padded: torch.Tensor) -> torch.Tensor:
+        """Padded x (B, C, H', W') -> its reconstruction (B, C, H', W')."""
         h = padded
         for down in self.downs:
             h = down(h)
         logits, _ = self.decoder(self.to_latent(h))
-        reconstruction = self.output(logits)
+        return self.output(logits)
+
+    def segment(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (reconstruction (B, C, H, W), mask logits (B, 1, H, W))."""
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x, self.pad_depth)
+        reconstruction = self._restore(padded)
         mask_logits = self.segmenter(torch.cat([padded, reconstruction], dim=1))
         return reconstruction[..., :height, :width], mask_logits[..., :height, :width]
+
+    def _segmentation(self, logits: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, 1, H, W) -> the smoothed anomaly probability (B, 1, H, W)."""
+        return mean_filter(torch.sigmoid(logits), self.smoothing_kernel(*logits.shape[-2:]))
+
+    def _rec_error(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        return error_map(x, reconstruction, self.cfg.error_map, self.data_range)
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (reconstruction (B, C, H, W), smoothed anomaly probability
         (B, 1, H, W), reconstruction error (B, 1, H, W)), unscaled."""
         reconstruction, logits = self.segment(x)
-        kernel = self.smoothing_kernel(*x.shape[-2:])
-        segmentation = mean_filter(torch.sigmoid(logits), kernel)
-        return reconstruction, segmentation, error_map(
-            x, reconstruction, self.cfg.error_map, self.data_range
-        )
+        return reconstruction, self._segmentation(logits), self._rec_error(x, reconstruction)
+
+    @property
+    def map_mode(self) -> str:
+        """The anomaly map forward computes (``auto`` reads as the family's first choice)."""
+        return ANOMALY_MAPS[0] if self.cfg.anomaly_map == "auto" else self.cfg.anomaly_map
 
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        reconstruction, segmentation, rec_error = self.terms(x)
-        mode = ANOMALY_MAPS[0] if self.cfg.anomaly_map == "auto" else self.cfg.anomaly_map
-        if mode == "segmentation":
-            anomaly = segmentation
-        elif mode == "reconstruction":
-            anomaly = rec_error
+        """Computes only what ``map_mode`` needs: the reconstruction map skips the segmentation
+        net, the segmentation map the reconstruction error."""
+        mode = self.map_mode
+        if mode == "reconstruction":
+            height, width = x.shape[-2:]
+            padded = pad_to_multiple(x, self.pad_depth)
+            reconstruction = self._restore(padded)[..., :height, :width]
+            anomaly = self._rec_error(x, reconstruction)
         else:
-            anomaly = segmentation / self.seg_scale + rec_error / self.rec_scale
+            reconstruction, logits = self.segment(x)
+            anomaly = self._segmentation(logits)
+            if mode == "fused":
+                rec_error = self._rec_error(x, reconstruction)
+                anomaly = anomaly / self.seg_scale + rec_error / self.rec_scale
         return AnomalyOutput(reconstruction, anomaly, anomaly.amax(dim=(1, 2, 3)), None)
