@@ -115,6 +115,7 @@ def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     from vigil.detector import Detector
 
     lines: list[str] = []
+    width = max(12, *(len(family) for _, family in runs.values()))
     for name, (base, family) in runs.items():
         detector = Detector.load(project / "models" / name / "detector")
         knob = detector.family.map_knob
@@ -122,14 +123,14 @@ def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
             continue
         data = PreparedDataset.load(project / "data" / "prepared" / name)
         if not lines:
-            lines.append(f"{'dataset':10} {'family':12} {'map':24} {'tune_image':>10} "
+            lines.append(f"{'dataset':10} {'family':{width}} {'map':24} {'tune_image':>10} "
                          f"{'tune_pixel':>10} {'test_image':>10} {'test_pixel':>10}")
         shipped = detector.record.spec["model"][knob]
         for choice in detector.family.map_choices:
             variant = detector.with_model(**{knob: choice})
             cells = [*split_aucs(variant, data, "tune"), *split_aucs(variant, data, "test")]
             mark = " (shipped)" if choice == shipped else ""
-            lines.append(f"{base:10} {family:12} {choice + mark:24} "
+            lines.append(f"{base:10} {family:{width}} {choice + mark:24} "
                          + " ".join(f"{c:>10.3f}" for c in cells))
     return lines
 
