@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/model.py [--sizes 64 256] [--seconds 2] [--threads N] [--device cuda]
         [--image-families conv_ae,draem] [--video-families convlstm,future_frame]
-        [--image-families draem,draem:anomaly_map=segmentation]
+        [--image-families draem,draem:anomaly_map=segmentation] [--layouts channels_last nchw]
 
 For the image and video model families (default: params.yaml's ``model.image_family`` /
 ``model.video_family``; ``--image-families`` / ``--video-families`` compare several in one run,
@@ -15,6 +15,8 @@ size and at batch 1 and 32:
   video = one ``stream`` step per frame for a batch of streams, error map included;
 - training images/s: forward + backward + Adam step (video: clips of ``prepare.video.clip_len``,
   counted in frames);
+- ``--layouts channels_last nchw``: each model also in the plain NCHW layout (vigil builds its
+  networks channels-last, ``vigil.models.spec.build_model``), rows marked ``(nchw)``;
 - peak memory (RSS high-water of the worker process that ran that model and size);
 - achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``) as a
   fraction of this machine's 3x3-convolution and dense-matmul GFLOP/s, measured in the same run.
@@ -99,8 +101,11 @@ def machine_peaks(seconds: float) -> dict[str, float]:
     return {"conv3x3_gflops": conv_flops * conv_rate / 1e9, "mm_gflops": 2 * 2048**3 * mm_rate / 1e9}
 
 
-def build(modality: str, entry: str, size: int):
-    """(network of ``entry`` (``family[:key=value...]``) at ``size``, its prep, the params)."""
+def build(modality: str, entry: str, size: int, layout: str = "channels_last"):
+    """(network of ``entry`` (``family[:key=value...]``) at ``size`` in memory ``layout``, its
+    prep, the params); ``nchw``: the plain layout, the baseline of vigil's channels-last."""
+    import torch
+
     from vigil.config import load_params
     from vigil.models.spec import build_model, model_spec
 
@@ -111,7 +116,10 @@ def build(modality: str, entry: str, size: int):
     cfg = params.model.family_config(family)
     cfg = cfg.model_validate({**cfg.model_dump(), **family_knobs(knobs)})
     spec = model_spec(family, prep.channels, (size, size), cfg, prep=prep)
-    return build_model(spec).to(DEVICE), prep, params
+    model = build_model(spec).to(DEVICE)
+    if layout == "nchw":
+        model = model.to(memory_format=torch.contiguous_format)
+    return model, prep, params
 
 
 def heat_map_postprocess(params):
@@ -124,13 +132,15 @@ def heat_map_postprocess(params):
     return lambda maps: image_score(smooth_map(maps, cfg), cfg)
 
 
-def bench_image(family: str, size: int, batches: list[int], seconds: float) -> list[dict]:
+def bench_image(
+    family: str, size: int, batches: list[int], seconds: float, layout: str
+) -> list[dict]:
     import numpy as np
     import torch
 
     from vigil.data.preprocess import to_tensor
 
-    model, prep, params = build("image", family, size)
+    model, prep, params = build("image", family, size, layout)
     post = heat_map_postprocess(params)
     rows = []
     for batch in batches:
@@ -153,10 +163,12 @@ def bench_image(family: str, size: int, batches: list[int], seconds: float) -> l
     return rows
 
 
-def bench_video(family: str, size: int, batches: list[int], seconds: float) -> list[dict]:
+def bench_video(
+    family: str, size: int, batches: list[int], seconds: float, layout: str
+) -> list[dict]:
     import torch
 
-    model, prep, params = build("video", family, size)
+    model, prep, params = build("video", family, size, layout)
     clip_len = params.prepare.video.clip_len
     rows = []
     for batch in batches:
@@ -219,9 +231,12 @@ def worker(args: argparse.Namespace) -> None:
     if args.worker == "peaks":
         out = machine_peaks(args.seconds)
     else:
-        modality, family, size = args.worker.split("|")
+        modality, family, size, layout = args.worker.split("|")
         fn = bench_image if modality == "image" else bench_video
-        out = {"rows": fn(family, int(size), args.batches, args.seconds)}
+        out = {"rows": fn(family, int(size), args.batches, args.seconds, layout)}
+        if layout != "channels_last":
+            for row in out["rows"]:
+                row["model"] += f" ({layout})"
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if DEVICE != "cpu":
         out["peak_rss_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -251,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--image-families", help="comma-separated (default: params.yaml's)")
     parser.add_argument("--video-families", help="comma-separated (default: params.yaml's)")
+    parser.add_argument("--layouts", nargs="+", choices=("channels_last", "nchw"),
+                        default=["channels_last"],
+                        help="memory layouts (vigil's networks run channels_last; nchw: the "
+                             "plain layout, to measure against in the same run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -282,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         for modality in ("image", "video"):
             first: dict[tuple[int, int], float] = {}  # (size, batch) -> the first family's rate
             for family in families[modality]:
-                for size in args.sizes:
-                    out = run_worker(f"{modality}|{family}|{size}", env, args)
+                for size, layout in ((s, lay) for s in args.sizes for lay in args.layouts):
+                    out = run_worker(f"{modality}|{family}|{size}|{layout}", env, args)
                     for row in out["rows"]:
                         row["modality"] = modality
                         row["peak_rss_mib"] = out["peak_rss_mib"]

@@ -29,6 +29,7 @@ def hook(event, args):
 sys.addaudithook(hook)
 kind, target = sys.argv[1], sys.argv[2]
 if kind == "script":  # a pipelines/ or bench/ file: its top level, as `python FILE` runs it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # python FILE's sys.path[0]
     runpy.run_path(target, run_name="__entry_check__")
 elif kind == "console":  # the console script's entry point, loaded as the installed script does
     (entry,) = importlib.metadata.entry_points(group="console_scripts", name=target)
