@@ -5,7 +5,8 @@ runs at a 0.1-5 % defect rate, so precision measured on them says little about t
 will see. Three ways to choose the threshold on the tune split (flag when ``score >= threshold``):
 
 - ``precision``: the lowest threshold whose tune precision is >= the target
-  (``metrics.calibrate_threshold``, today's default);
+  (``metrics.calibrate_threshold``), moved, like the next one, to the middle of the range where
+  tune meets both bars when the gate has a recall bar (``centred_on_recall``);
 - ``false_alarm_rate``: the lowest threshold that flags at most ``max_false_alarm_rate`` of the
   normal items (tune normals plus the normal validation items, which the model never trained on);
   when the tune split has labelled anomalies and the gate a recall bar, the threshold moves to the
@@ -24,6 +25,7 @@ unseen data gets a margin on either side. ``calibrate`` dispatches on the method
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -186,6 +188,33 @@ def _highest_meeting_recall(anomalies: np.ndarray, min_recall: float | None) -> 
     return float(np.sort(anomalies)[::-1][need - 1])
 
 
+def centred_on_recall(
+    calibration: Calibration, labels: np.ndarray, scores: np.ndarray, min_recall: float | None
+) -> Calibration:
+    """A ``precision`` calibration moved to the middle of the range where the split meets both
+    bars: between its threshold (the lowest with enough precision) and the highest one that still
+    flags ``min_recall`` of the split's anomalies, when that is higher and the midpoint keeps the
+    precision. Set exactly at the precision bar, a threshold lands below it on unseen data about
+    half the time (as ``calibrate_false_alarm_rate`` centres for the same reason)."""
+    if calibration.method != "precision" or not calibration.gate_can_pass:
+        return calibration
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    highest = _highest_meeting_recall(scores[labels == 1], min_recall)
+    if highest is None or highest <= calibration.threshold:
+        return calibration
+    threshold = 0.5 * (calibration.threshold + highest)
+    precision, recall, _ = _rates(labels, scores, scores, threshold)  # (its rate unused)
+    if precision is None or precision < calibration.target_precision:
+        return calibration
+    return dataclasses.replace(
+        calibration, threshold=threshold, precision=precision, recall=recall,
+        note=(f"centred between the lowest threshold with precision >= "
+              f"{calibration.target_precision:g} on {calibration.split} and the highest one with "
+              f"{calibration.split} recall >= {min_recall:g}"),
+    )
+
+
 def calibrate_precision_at_prevalence(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -260,9 +289,10 @@ def calibrate(
     """Calibrate with ``method`` (one of ``METHODS``); the settings it needs must be given
     (``gate.max_false_alarm_rate`` for ``false_alarm_rate``, ``gate.prevalence`` for
     ``prevalence``), else a ValueError names the missing setting. ``min_recall`` (the gate's
-    recall bar) centres the ``false_alarm_rate`` threshold (see there)."""
+    recall bar) centres the ``precision`` and ``false_alarm_rate`` thresholds (see there)."""
     if method == "precision":
-        return calibrate_threshold(labels, scores, precision, normal_scores, split)
+        calibration = calibrate_threshold(labels, scores, precision, normal_scores, split)
+        return centred_on_recall(calibration, labels, scores, min_recall)
     if method == "false_alarm_rate":
         if max_false_alarm_rate is None:
             raise ValueError(

@@ -101,3 +101,17 @@ def test_calibrate_dispatches_and_names_missing_settings():
         calibrate("prevalence", LABELS, SCORES, precision=0.9)
     with pytest.raises(ValueError, match="unknown threshold method 'f1'"):
         calibrate("f1", LABELS, SCORES, precision=0.9)
+
+
+def test_precision_threshold_is_centred_between_the_precision_and_recall_bars():
+    # the lowest threshold with precision >= 0.9 sits between 0.65 and 0.70 (recall 4/6); the
+    # highest one that flags half of the anomalies is 0.80: centred between, both bars kept
+    plain = calibrate("precision", LABELS, SCORES, precision=0.9)
+    assert 0.65 < plain.threshold < 0.70 and plain.recall == pytest.approx(4 / 6)
+    centred = calibrate("precision", LABELS, SCORES, precision=0.9, min_recall=0.5)
+    assert centred.threshold == pytest.approx(0.5 * (plain.threshold + 0.80))
+    assert "centred" in centred.note
+    assert centred.precision == 1.0 and centred.recall == pytest.approx(0.5)
+    # a recall bar that the precise thresholds miss leaves it where it is
+    assert calibrate("precision", LABELS, SCORES, precision=0.9, min_recall=5 / 6).threshold == (
+        pytest.approx(plain.threshold))
