@@ -86,15 +86,13 @@ IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "fal
 
 def split_aucs(detector, data, split: str) -> tuple[float, float]:
     """(image AUROC, pixel AUROC) of ``detector`` on ``split`` (NaN where undefined)."""
-    from sklearn.metrics import roc_auc_score
-
     from vigil.evaluation.evaluate import pixel_metrics
-    from vigil.evaluation.splits import score_split
+    from vigil.evaluation.splits import score_split, split_auroc
 
     scored = score_split(detector, data, split)
-    y, p = scored.labels[scored.scored], scored.scores[scored.scored]
-    image = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    return image, pixel_metrics(data, scored).get("pixel_auroc", float("nan"))
+    image = split_auroc(scored)
+    return (float("nan") if image is None else image,
+            pixel_metrics(data, scored).get("pixel_auroc", float("nan")))
 
 
 def tune_aucs(project: Path, name: str) -> tuple[float, float]:

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
-from vigil.evaluation.splits import SplitScores, score_split
+from vigil.evaluation.splits import SplitScores, score_split, split_auroc
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +27,6 @@ def needs_choice(detector: Detector) -> bool:
     """The detector's family has a map knob and the spec leaves it to evaluate (``auto``)."""
     knob = detector.family.map_knob
     return knob is not None and detector.record.spec["model"].get(knob) == AUTO
-
-
-def _auroc(split: SplitScores) -> float | None:
-    ok = split.scored & np.isfinite(split.scores)
-    labels = split.labels[ok]
-    if labels.min(initial=1) == labels.max(initial=0):
-        return None
-    return float(roc_auc_score(labels, split.scores[ok]))
 
 
 def choose_map(
@@ -54,7 +43,7 @@ def choose_map(
     for choice in choices:
         candidate = detector.with_model(**{knob: choice})
         tune = score_split(candidate, data, "tune")
-        auc = _auroc(tune)
+        auc = split_auroc(tune)
         if auc is None:
             log.info("%s.%s: tune has no labelled anomalies (or no normals); using %r",
                      family.name, knob, choices[0])

@@ -16,11 +16,10 @@ import dataclasses
 import logging
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from vigil.config import SMOOTHING_FALLBACK, SMOOTHING_WINDOWS
 from vigil.detector.postprocess import trailing_mean
-from vigil.evaluation.splits import SplitScores
+from vigil.evaluation.splits import SplitScores, split_auroc
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,10 @@ def choose_window(tune: SplitScores) -> tuple[int, dict[int, float]]:
     """(window, {window: tune frame AUROC}); the AUROCs are empty when tune cannot decide."""
     aucs: dict[int, float] = {}
     for window in SMOOTHING_WINDOWS:
-        scores = resmoothed(tune, window).scores
-        ok = np.isfinite(scores)
-        labels = tune.labels[ok]
-        if labels.min(initial=1) == labels.max(initial=0):
+        auc = split_auroc(resmoothed(tune, window))
+        if auc is None:
             return SMOOTHING_FALLBACK, {}
-        aucs[window] = float(roc_auc_score(labels, scores[ok]))
+        aucs[window] = auc
     best = max(aucs.values())
     window = min(w for w, auc in aucs.items() if auc >= best - 1e-9)
     log.info("smoothing window %d frames, chosen on tune (frame AUROC %s)", window,

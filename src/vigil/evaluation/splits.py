@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
@@ -64,6 +65,15 @@ def score_split(detector: Detector, data: PreparedDataset, split: str) -> SplitS
         scored=valid,
         clips=clips,
     )
+
+
+def split_auroc(split: SplitScores) -> float | None:
+    """AUROC of the split's finite scores of scored items; None unless both classes are there."""
+    ok = split.scored & np.isfinite(split.scores)
+    labels = split.labels[ok]
+    if labels.min(initial=1) == labels.max(initial=0):
+        return None
+    return float(roc_auc_score(labels, split.scores[ok]))
 
 
 def hash_test_split(data: PreparedDataset) -> str:
