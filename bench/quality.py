@@ -106,30 +106,46 @@ def tune_aucs(project: Path, name: str) -> tuple[float, float]:
 
 
 def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
-    """For runs whose family can read several anomaly maps off one trained network
-    (``Family.map_knob``): every map's tune and test AUROCs, the shipped one (chosen on tune
-    when the knob is ``auto``) marked; the other rows are what the same weights give otherwise."""
+    """Every (anomaly map, score) pair the same trained network can ship (``Family.map_knob``
+    choices x ``vigil.config.SCORES``): its tune and test AUROCs (video: frame AUROC of the
+    shipped moving average) and pixel AUROCs, the shipped pair (chosen on tune when ``auto``)
+    marked; the other rows are what the same weights give otherwise."""
+    from vigil.config import SCORES
     from vigil.data.prepared import PreparedDataset
     from vigil.detector import Detector
+    from vigil.evaluation.evaluate import pixel_metrics
+    from vigil.evaluation.map_choice import label, rescored
+    from vigil.evaluation.splits import score_split, split_auroc
 
-    lines: list[str] = []
     width = max(12, *(len(family) for _, family in runs.values()))
+    lines = [f"{'dataset':10} {'family':{width}} {'map / score':32} {'tune':>10} "
+             f"{'tune_pixel':>10} {'test':>10} {'test_pixel':>10}"]
+    nan = float("nan")
     for name, (base, family) in runs.items():
         detector = Detector.load(project / "models" / name / "detector")
-        knob = detector.family.map_knob
-        if knob is None:
-            continue
         data = PreparedDataset.load(project / "data" / "prepared" / name)
-        if not lines:
-            lines.append(f"{'dataset':10} {'family':{width}} {'map':24} {'tune_image':>10} "
-                         f"{'tune_pixel':>10} {'test_image':>10} {'test_pixel':>10}")
-        shipped = detector.record.spec["model"][knob]
-        for choice in detector.family.map_choices:
-            variant = detector.with_model(**{knob: choice})
-            cells = [*split_aucs(variant, data, "tune"), *split_aucs(variant, data, "test")]
-            mark = " (shipped)" if choice == shipped else ""
-            lines.append(f"{base:10} {family:{width}} {choice + mark:24} "
-                         + " ".join(f"{c:>10.3f}" for c in cells))
+        knob = detector.family.map_knob
+        shipped = label(detector.record.spec["model"][knob] if knob else None,
+                        detector.postprocess.summary)
+        for choice in detector.family.map_choices if knob else (None,):
+            try:
+                reader = detector.with_model(**{knob: choice}) if knob else detector
+            except ValueError:  # this configuration cannot give that map
+                continue
+            splits = {s: score_split(reader, data, s) for s in ("tune", "test")}
+            pixel = {s: pixel_metrics(data, split).get("pixel_auroc", nan)
+                     for s, split in splits.items()}
+            for score in SCORES:
+                variant = reader.calibrated(
+                    postprocess=reader.postprocess.model_copy(update={"score": score}))
+                cells = []
+                for split_name, split in splits.items():
+                    auc = split_auroc(rescored(split, variant))
+                    cells += [nan if auc is None else auc, pixel[split_name]]
+                row = label(choice, score)
+                mark = " (shipped)" if row == shipped else ""
+                lines.append(f"{base:10} {family:{width}} {row + mark:32} "
+                             + " ".join(f"{c:>10.3f}" for c in cells))
     return lines
 
 
@@ -286,10 +302,9 @@ def main() -> None:
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}  settings: {shrink or 'params.yaml'}")
     if runs:
         print("\n".join(family_table(project, runs)))
-        maps = map_table(project, runs)
-        if maps:
-            print("\nanomaly maps of the same trained networks (test rows: not used to choose)")
-            print("\n".join(maps))
+    if runs or video_runs:
+        print("\nmaps and scores of the same trained networks (test columns: not used to choose)")
+        print("\n".join(map_table(project, {**runs, **video_runs})))
     for name in wanted:
         metrics = json.loads((project / "reports" / name / "metrics.json").read_text())
         decision = json.loads((project / "reports" / name / "decision.json").read_text())

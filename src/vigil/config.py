@@ -236,13 +236,18 @@ SMOOTHING_WINDOWS = (1, 2, 4, 8)  # frames; the candidates of ``smoothing_window
 SMOOTHING_FALLBACK = 2
 ALERT_FRAMES = (1, 2, 3, 5)  # frames; the candidates of ``alert_frames: auto``
 ALERT_FALLBACK = 3  # 0.2 s at 15 fps
+# the candidates of ``score: auto``; the first is what ``auto`` reads as until evaluate chose
+SCORES = ("topk_mean", "mean")
 
 
 class EvaluateConfig(Strict):
     """Post-processing of error maps and scoring; defaults equal params.yaml (one truth), whose
     comments give the reason for each value that departs from the seeds."""
 
-    score: Literal["mean", "max", "topk_mean"] = "topk_mean"
+    # how a map becomes one score; auto: the one of SCORES with the best AUROC on the labelled
+    # tune split (chosen with the family's map, ``vigil.evaluation.map_choice``), SCORES[0]
+    # without labelled tune anomalies
+    score: Literal["auto", "mean", "max", "topk_mean"] = "auto"
     topk_fraction: float = Field(0.005, gt=0, le=1)
     median_blur: int = Field(3, ge=1)  # odd kernel size; the seeds use 7
     use_error_head: bool = False
@@ -274,6 +279,11 @@ class EvaluateConfig(Strict):
     def window(self) -> int:
         """The smoothing window in frames (``auto`` before evaluate chose: the fallback)."""
         return SMOOTHING_FALLBACK if self.smoothing_window == "auto" else self.smoothing_window
+
+    @property
+    def summary(self) -> str:
+        """How a map becomes a score (``auto`` before evaluate chose: ``SCORES[0]``)."""
+        return SCORES[0] if self.score == "auto" else self.score
 
     @property
     def alert_run(self) -> int:

@@ -125,9 +125,9 @@ def image_score(maps: np.ndarray, cfg: EvaluateConfig) -> np.ndarray | float:
     """
     batch, single = _as_batch(maps)
     flat = batch.reshape(batch.shape[0], -1)
-    if cfg.score == "mean":
+    if cfg.summary == "mean":
         scores = flat.mean(axis=1, dtype=np.float64)
-    elif cfg.score == "max":
+    elif cfg.summary == "max":
         scores = flat.max(axis=1).astype(np.float64)
     else:
         k = max(1, math.ceil(cfg.topk_fraction * flat.shape[1]))

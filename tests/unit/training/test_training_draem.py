@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from conftest import make_image_dataset
 
-from vigil.config import parse_params
+from vigil.config import SCORES, parse_params
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
 from vigil.evaluation.evaluate import evaluate
@@ -80,9 +80,10 @@ def test_draem_trains_evaluates_and_packages_with_identical_scores(mlflow_store,
     data = PreparedDataset.load(data_dir)
     detector = Detector.load(evaluated.detector_dir)
     assert detector.record.family == "draem"
-    # anomaly_map auto: chosen on tune, shipped in the spec, named in the report
+    # anomaly_map and score auto: chosen on tune, shipped in the spec, named in the report
     assert detector.record.spec["model"]["anomaly_map"] in get_family("draem").map_choices
-    assert "anomaly_map chosen on tune (image AUROC by map: fused" in (
+    assert detector.postprocess.score in SCORES
+    assert "map and score chosen on tune (AUROC of each: fused / topk_mean" in (
         evaluated.report_path.read_text())
     test = score_split(detector, data, "test")
     frames = np.asarray(data.frames[test.rows])

@@ -1,35 +1,45 @@
-"""``model.draem.anomaly_map: auto``: the evaluate stage picks the map with the best tune image
-AUROC off the same weights, ships it in the detector's spec, and keeps the family's first choice
-when tune has no labelled anomalies."""
+"""``model.<family>.<map knob>: auto`` and ``evaluate.score: auto``: the evaluate stage picks the
+(map, score) pair with the best tune AUROC off the same weights, ships the map in the detector's
+spec and the score in its post-processing, keeps the first of each when tune has no labelled
+anomalies, and leaves out a map the configuration cannot give."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_dataset
+from conftest import make_image_dataset, make_video_dataset
 from sklearn.metrics import roc_auc_score
 
-from vigil.config import EvaluateConfig
+from vigil.config import SCORES, EvaluateConfig
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector, DetectorRecord
-from vigil.evaluation.map_choice import choose_map, needs_choice
+from vigil.evaluation.map_choice import MARGIN, choose_map, needs_choice, pick
 from vigil.evaluation.splits import score_split
 from vigil.models.draem.config import ANOMALY_MAPS, DraemConfig
 from vigil.models.draem.network import DraemNetwork
+from vigil.models.future_frame.config import FutureFrameConfig
+from vigil.models.future_frame.network import FutureFramePredictor
 from vigil.models.registry import get_family
 from vigil.models.spec import model_spec
 
 TINY = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2}
 
 
-def _detector(data: PreparedDataset, anomaly_map: str = "auto") -> Detector:
+def _detector(
+    data: PreparedDataset, anomaly_map: str = "auto", score: str = "auto"
+) -> Detector:
     torch.manual_seed(0)
     cfg = DraemConfig(**TINY, anomaly_map=anomaly_map)
     network = DraemNetwork(data.channels, cfg).eval()
     network.rec_scale.fill_(0.05)  # a fused map whose terms differ from either alone
     spec = model_spec("draem", data.channels, data.size, cfg, prep=data.prep)
-    return Detector(network, DetectorRecord(spec=spec, postprocess=EvaluateConfig()))
+    return Detector(network, DetectorRecord(spec=spec, postprocess=EvaluateConfig(score=score)))
+
+
+def _with(detector: Detector, anomaly_map: str, score: str) -> Detector:
+    reader = detector.with_model(anomaly_map=anomaly_map)
+    return reader.calibrated(postprocess=reader.postprocess.model_copy(update={"score": score}))
 
 
 def test_the_family_declares_its_map_knob_and_auto_reads_as_the_first_choice():
@@ -44,21 +54,29 @@ def test_the_family_declares_its_map_knob_and_auto_reads_as_the_first_choice():
         assert torch.equal(auto(x).error_map, first(x).error_map)
 
 
-def test_the_map_with_the_best_tune_auroc_ships_with_the_same_weights(tmp_path):
+def test_the_pair_with_the_best_tune_auroc_ships_with_the_same_weights(tmp_path):
     data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny"))
     detector = _detector(data)
-    assert needs_choice(detector)
+    assert needs_choice(detector) and detector.postprocess.summary == SCORES[0]
     chosen, tune, aucs = choose_map(detector, data)
-    assert list(aucs) == list(ANOMALY_MAPS)
-    for choice in ANOMALY_MAPS:  # each AUROC is that map's own, measured on tune
-        scores = score_split(detector.with_model(anomaly_map=choice), data, "tune").scores
-        assert aucs[choice] == pytest.approx(roc_auc_score(data.labels("tune"), scores))
-    picked = chosen.record.spec["model"]["anomaly_map"]
-    assert aucs[picked] == max(aucs.values()) and not needs_choice(chosen)
+    pairs = [(m, s) for m in ANOMALY_MAPS for s in SCORES]
+    assert list(aucs) == [f"{m} / {s}" for m, s in pairs]
+    for anomaly_map, score in pairs:  # each AUROC is that pair's own, measured on tune
+        scores = score_split(_with(detector, anomaly_map, score), data, "tune").scores
+        assert aucs[f"{anomaly_map} / {score}"] == pytest.approx(
+            roc_auc_score(data.labels("tune"), scores))
+    picked = f"{chosen.record.spec['model']['anomaly_map']} / {chosen.postprocess.score}"
+    assert picked == pick(aucs) and not needs_choice(chosen)
     assert tune is not None and tune.split == "tune"
     np.testing.assert_array_equal(tune.scores, score_split(chosen, data, "tune").scores)
     for name, tensor in detector.network.state_dict().items():
         assert torch.equal(tensor, chosen.network.state_dict()[name]), name
+
+
+def test_the_first_pair_ships_unless_another_beats_it_on_tune_by_more_than_the_margin():
+    assert pick({"a": 0.90, "b": 0.90 + MARGIN, "c": 0.5}) == "a"  # a near-tie is noise
+    assert pick({"a": 0.90, "b": 0.93, "c": 0.95, "d": 0.95}) == "c"  # the best, the earlier
+    assert pick({"a": 0.44, "b": 0.85}) == "b"  # Ped2's tune clip: prediction / mean
 
 
 def test_without_labelled_tune_anomalies_the_first_choice_is_kept(tmp_path):
@@ -66,8 +84,28 @@ def test_without_labelled_tune_anomalies_the_first_choice_is_kept(tmp_path):
     chosen, tune, aucs = choose_map(_detector(data), data)
     assert aucs == {} and tune is None
     assert chosen.record.spec["model"]["anomaly_map"] == ANOMALY_MAPS[0]
+    assert chosen.postprocess.score == SCORES[0]
 
 
-def test_a_fixed_map_is_not_chosen_again(tmp_path):
+def test_a_fixed_map_and_score_are_not_chosen_again_and_a_fixed_map_keeps_its_map(tmp_path):
     data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny"))
-    assert not needs_choice(_detector(data, "segmentation"))
+    assert not needs_choice(_detector(data, "segmentation", "max"))
+    chosen, _, aucs = choose_map(_detector(data, "segmentation"), data)  # the score only
+    assert list(aucs) == list(SCORES)
+    assert chosen.record.spec["model"]["anomaly_map"] == "segmentation"
+
+
+def test_video_frame_maps_without_an_appearance_term_leave_the_appearance_map_out(tmp_path):
+    data = PreparedDataset.load(make_video_dataset(tmp_path / "vid", size=16))
+    cfg = FutureFrameConfig(context=2, depth=2, filters=4, bottleneck_channels=4,
+                            appearance=False)
+    torch.manual_seed(0)
+    network = FutureFramePredictor(data.channels, cfg).eval()
+    spec = model_spec("future_frame", data.channels, data.size, cfg, prep=data.prep)
+    detector = Detector(network, DetectorRecord(spec=spec, postprocess=EvaluateConfig()))
+    chosen, tune, aucs = choose_map(detector, data)
+    assert list(aucs) == [f"{m} / {s}" for m in ("fused", "prediction") for s in SCORES]
+    assert chosen.record.spec["model"]["frame_map"] in ("fused", "prediction")
+    # video: each AUROC is the one of the moving average a stream computes
+    again = score_split(chosen, data, "tune")
+    np.testing.assert_allclose(tune.scores, again.scores, equal_nan=True)

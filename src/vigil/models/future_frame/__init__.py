@@ -3,7 +3,7 @@ predicts frame t from the last k frames; its error is fused with an appearance a
 reconstruction error of frame t, so an anomaly that persists (a stall, a stuck blob) keeps
 scoring after its onset."""
 
-from vigil.models.future_frame.config import FutureFrameConfig
+from vigil.models.future_frame.config import FRAME_MAPS, FutureFrameConfig
 from vigil.models.registry import Family
 
 FAMILY = Family(
@@ -14,4 +14,6 @@ FAMILY = Family(
     network="vigil.models.future_frame.network:FutureFramePredictor",
     training="vigil.models.future_frame.training:plan",
     depth_knob="depth",
+    map_knob="frame_map",
+    map_choices=FRAME_MAPS,
 )

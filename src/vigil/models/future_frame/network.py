@@ -15,9 +15,12 @@
   false alarms 3 -> 1 of 81); on UCSD Ped2 it cost recall (0.826 against 1.000 at the threshold:
   the appearance autoencoder paints out small movers too), so it is off by default and on for
   ``print``.
-- The anomaly map of frame t is ``pred_err / pred_scale + app_err / app_scale``: each squared
-  error (averaged over channels) divided by its mean on the normal val split (``finish`` of the
-  training plan sets the scales), so both terms weigh the same on normal data.
+- The anomaly map of frame t (``cfg.frame_map``) is ``fused``: ``pred_err / pred_scale +
+  app_err / app_scale``, each squared error (averaged over channels) divided by its mean on the
+  normal val split (``finish`` of the training plan sets the scales), so both terms weigh the
+  same on normal data; or one of the two terms alone (``prediction``, ``appearance``); ``auto``
+  reads as ``fused`` until the evaluate stage chooses on the labelled tune split. ``stream``
+  skips the appearance autoencoder when nothing it computes needs it.
 - ``stream`` carries a ring buffer of the last k frames (B, <=k, C, H, W), with their
   appearance reconstructions stacked on the channel axis (2C) under ``restored_context``; the
   first k frames of a stream have nothing to be predicted from (output None). ``forward(clip)``
@@ -41,7 +44,7 @@ from vigil.models.blocks import (
 )
 from vigil.models.conv_ae.config import ConvAEConfig
 from vigil.models.conv_ae.network import ConvAutoencoder
-from vigil.models.future_frame.config import FutureFrameConfig
+from vigil.models.future_frame.config import FRAME_MAPS, FutureFrameConfig
 from vigil.models.outputs import AnomalyOutput
 
 
@@ -82,7 +85,7 @@ class UNetPredictor(nn.Module):
 
 
 class FutureFramePredictor(nn.Module):
-    """Frames -> fused prediction + appearance anomaly maps (see the module docstring)."""
+    """Frames -> prediction and appearance anomaly maps (see the module docstring)."""
 
     def __init__(
         self, in_channels: int, cfg: FutureFrameConfig, output: OutputActivation = "sigmoid"
@@ -152,21 +155,38 @@ class FutureFramePredictor(nn.Module):
             reconstructions = self.appearance(targets)
         return prediction, *self.error_maps(targets, prediction, reconstructions, restored)
 
+    @property
+    def map_mode(self) -> str:
+        """The frame map forward and stream compute (``auto`` reads as the family's first)."""
+        return FRAME_MAPS[0] if self.cfg.frame_map == "auto" else self.cfg.frame_map
+
+    @property
+    def _streams_appearance(self) -> bool:
+        """A stream step needs the appearance reconstruction of its frame."""
+        return self.appearance_ae is not None and (
+            self.cfg.restored_context or self.map_mode != "prediction"
+        )
+
     def _output(
         self, prediction: torch.Tensor, pred_err: torch.Tensor, app_err: torch.Tensor | None
     ) -> AnomalyOutput:
-        """prediction (N, C, H, W), unscaled errors (N, 1, H, W) -> AnomalyOutput of the fused map."""
-        fused = pred_err / self.pred_scale
-        if app_err is not None:
-            fused = fused + app_err / self.app_scale
-        return AnomalyOutput(prediction, fused, fused.flatten(1).mean(dim=1), None)
+        """prediction (N, C, H, W), unscaled errors (N, 1, H, W) -> AnomalyOutput of the map of
+        ``map_mode`` (without an appearance term: the prediction error)."""
+        mode = self.map_mode
+        if app_err is None or mode == "prediction":
+            anomaly = pred_err / self.pred_scale
+        elif mode == "appearance":
+            anomaly = app_err / self.app_scale
+        else:
+            anomaly = pred_err / self.pred_scale + app_err / self.app_scale
+        return AnomalyOutput(prediction, anomaly, anomaly.flatten(1).mean(dim=1), None)
 
     def stream(
         self, frame: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[AnomalyOutput | None, torch.Tensor]:
         """frame t (B, C, H, W) and the last frames (B, <=k, C, H, W) -> (output of frame t or
         None while fewer than k frames came before it, the updated ring buffer)."""
-        reconstruction = self.appearance(frame)
+        reconstruction = self.appearance(frame) if self._streams_appearance else None
         entry = frame
         if self.cfg.restored_context:
             entry = torch.cat([frame, reconstruction], dim=1)
