@@ -124,7 +124,7 @@ def image_score(maps: np.ndarray, cfg: EvaluateConfig) -> np.ndarray | float:
     defect that a whole-image mean would dilute.
     """
     batch, single = _as_batch(maps)
-    flat = batch.reshape(batch.shape[0], -1)
+    flat = batch.reshape(batch.shape[0], math.prod(batch.shape[1:]))  # N may be 0
     if cfg.summary == "mean":
         scores = flat.mean(axis=1, dtype=np.float64)
     elif cfg.summary == "max":

@@ -71,7 +71,7 @@ def split_auroc(split: SplitScores) -> float | None:
     """AUROC of the split's finite scores of scored items; None unless both classes are there."""
     ok = split.scored & np.isfinite(split.scores)
     labels = split.labels[ok]
-    if labels.min(initial=1) == labels.max(initial=0):
+    if labels.size == 0 or labels.min() == labels.max():
         return None
     return float(roc_auc_score(labels, split.scores[ok]))
 
