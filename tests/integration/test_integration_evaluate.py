@@ -173,7 +173,14 @@ def test_evaluate_video_scores_clips_with_events_and_a_timeline(in_project, proj
     assert record.postprocess.smoothing_window == metrics["smoothing_window"]
     assert metrics["alert_frames"] in ALERT_FRAMES
     assert record.postprocess.alert_frames == metrics["alert_frames"]
+    # frame_map and score: auto -> one pair chosen on tune, shipped, every pair in the report
+    from vigil.config import SCORES
+    from vigil.models.future_frame.config import FRAME_MAPS
+
+    assert record.spec["model"]["frame_map"] in FRAME_MAPS
+    assert record.postprocess.score in SCORES
     report = (out / "evaluation/report.html").read_text()
+    assert "map and score chosen on tune (AUROC of each: fused / topk_mean" in report
     assert f"an alert (and an event in the metrics) is {metrics['alert_frames']} frame" in report
     _, run = training_run(in_project, "melt")
     assert run.data.metrics["test_frame_auroc"] == pytest.approx(metrics["frame_auroc"])
