@@ -34,6 +34,7 @@ of both together, scored by the same code as the evaluate stage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -107,8 +108,8 @@ def tune_aucs(project: Path, name: str) -> tuple[float, float]:
 
 def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     """Every (anomaly map, score) pair the same trained network can ship (``Family.map_knob``
-    choices x ``vigil.config.SCORES``): its tune and test AUROCs (video: frame AUROC of the
-    shipped moving average) and pixel AUROCs, the shipped pair (chosen on tune when ``auto``)
+    choices x ``vigil.config.SCORES``): its tune and test AUROCs (video: frame AUROC of the raw
+    frame scores, as the choice reads them) and pixel AUROCs, the shipped pair (chosen on tune when ``auto``)
     marked; the other rows are what the same weights give otherwise."""
     from vigil.config import SCORES
     from vigil.data.prepared import PreparedDataset
@@ -140,7 +141,8 @@ def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
                     postprocess=reader.postprocess.model_copy(update={"score": score}))
                 cells = []
                 for split_name, split in splits.items():
-                    auc = split_auroc(rescored(split, variant))
+                    raw = rescored(split, variant).raw  # video: raw frame scores, the headline
+                    auc = split_auroc(dataclasses.replace(split, scores=raw))
                     cells += [nan if auc is None else auc, pixel[split_name]]
                 row = label(choice, score)
                 mark = " (shipped)" if row == shipped else ""

@@ -11,7 +11,8 @@ frame score of Liu et al.) is such a property too. So the evaluate stage scores 
 split with each of the family's ``map_choices`` (when its map knob is ``auto``), summarizes each
 map with each of ``SCORES`` (when ``evaluate.score`` is ``auto``), and ships the pair with the
 highest AUROC (images: image AUROC, the quantity the gate's recall-at-precision follows; video:
-frame AUROC of the moving average the stream computes; ties: the earlier pair) when it beats the
+frame AUROC of the raw frame scores, the headline, before ``smoothing_window: auto`` chooses a
+moving average for the chosen pair; ties: the earlier pair) when it beats the
 first pair by more than ``MARGIN``, else the first pair; never chosen on test. Without both classes in tune the first of each is kept. The map is written into the
 detector's spec and the score into its post-processing, so packages, serving and streams read
 the same ones. A map the model's configuration cannot give (the appearance map of a predictor
@@ -110,7 +111,7 @@ def choose_map(
         for score in scores:
             candidate = _with_score(reader, score)
             split = rescored(tune, candidate)
-            auc = split_auroc(split)
+            auc = split_auroc(dataclasses.replace(split, scores=split.raw))
             if auc is None:
                 log.info("tune has no labelled anomalies (or no normals): keeping %s",
                          label(candidates[0][0], scores[0]))

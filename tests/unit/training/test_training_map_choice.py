@@ -106,6 +106,10 @@ def test_video_frame_maps_without_an_appearance_term_leave_the_appearance_map_ou
     chosen, tune, aucs = choose_map(detector, data)
     assert list(aucs) == [f"{m} / {s}" for m in ("fused", "prediction") for s in SCORES]
     assert chosen.record.spec["model"]["frame_map"] in ("fused", "prediction")
-    # video: each AUROC is the one of the moving average a stream computes
+    # video: each AUROC is the one of the raw frame scores; the tune scores returned are the
+    # moving average a stream computes
     again = score_split(chosen, data, "tune")
     np.testing.assert_allclose(tune.scores, again.scores, equal_nan=True)
+    ok = again.scored
+    picked = f"{chosen.record.spec['model']['frame_map']} / {chosen.postprocess.score}"
+    assert aucs[picked] == pytest.approx(roc_auc_score(again.labels[ok], again.raw[ok]))
