@@ -34,7 +34,6 @@ of both together, scored by the same code as the evaluate stage.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -109,14 +108,14 @@ def tune_aucs(project: Path, name: str) -> tuple[float, float]:
 def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     """Every (anomaly map, score) pair the same trained network can ship (``Family.map_knob``
     choices x ``vigil.config.SCORES``): its tune and test AUROCs (video: frame AUROC of the raw
-    frame scores, as the choice reads them) and pixel AUROCs, the shipped pair (chosen on tune when ``auto``)
-    marked; the other rows are what the same weights give otherwise."""
+    frame scores, as the choice reads them) and pixel AUROCs, the shipped pair (chosen on tune
+    when ``auto``) marked; the other rows are what the same weights give otherwise."""
     from vigil.config import SCORES
     from vigil.data.prepared import PreparedDataset
     from vigil.detector import Detector
     from vigil.evaluation.evaluate import pixel_metrics
-    from vigil.evaluation.map_choice import label, rescored
-    from vigil.evaluation.splits import score_split, split_auroc
+    from vigil.evaluation.map_choice import label, map_readers, raw_auroc, rescored, with_score
+    from vigil.evaluation.splits import score_split
 
     width = max(12, *(len(family) for _, family in runs.values()))
     lines = [f"{'dataset':10} {'family':{width}} {'map / score':32} {'tune':>10} "
@@ -128,21 +127,15 @@ def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
         knob = detector.family.map_knob
         shipped = label(detector.record.spec["model"][knob] if knob else None,
                         detector.postprocess.summary)
-        for choice in detector.family.map_choices if knob else (None,):
-            try:
-                reader = detector.with_model(**{knob: choice}) if knob else detector
-            except ValueError:  # this configuration cannot give that map
-                continue
+        for choice, reader in map_readers(detector):
             splits = {s: score_split(reader, data, s) for s in ("tune", "test")}
             pixel = {s: pixel_metrics(data, split).get("pixel_auroc", nan)
                      for s, split in splits.items()}
             for score in SCORES:
-                variant = reader.calibrated(
-                    postprocess=reader.postprocess.model_copy(update={"score": score}))
+                variant = with_score(reader, score)
                 cells = []
                 for split_name, split in splits.items():
-                    raw = rescored(split, variant).raw  # video: raw frame scores, the headline
-                    auc = split_auroc(dataclasses.replace(split, scores=raw))
+                    auc = raw_auroc(rescored(split, variant))
                     cells += [nan if auc is None else auc, pixel[split_name]]
                 row = label(choice, score)
                 mark = " (shipped)" if row == shipped else ""

@@ -12,11 +12,12 @@ split with each of the family's ``map_choices`` (when its map knob is ``auto``),
 map with each of ``SCORES`` (when ``evaluate.score`` is ``auto``), and ships the pair with the
 highest AUROC (images: image AUROC, the quantity the gate's recall-at-precision follows; video:
 frame AUROC of the raw frame scores, the headline, before ``smoothing_window: auto`` chooses a
-moving average for the chosen pair; ties: the earlier pair) when it beats the
-first pair by more than ``MARGIN``, else the first pair; never chosen on test. Without both classes in tune the first of each is kept. The map is written into the
-detector's spec and the score into its post-processing, so packages, serving and streams read
-the same ones. A map the model's configuration cannot give (the appearance map of a predictor
-without an appearance autoencoder) is left out.
+moving average for the chosen pair; ties: the earlier pair) when it beats the first pair by
+more than ``MARGIN``, else the first pair; never chosen on test. Without both classes in tune
+the first of each is kept. The map is written into the detector's spec and the score into its
+post-processing, so packages, serving and streams read the same ones. A map the model's
+configuration cannot give (the appearance map of a predictor without an appearance
+autoencoder) is left out.
 """
 
 from __future__ import annotations
@@ -66,15 +67,22 @@ def rescored(split: SplitScores, detector: Detector) -> SplitScores:
     return resmoothed(out, detector.postprocess.window) if split.clips else out
 
 
-def _with_score(detector: Detector, score: str) -> Detector:
+def with_score(detector: Detector, score: str) -> Detector:
+    """The same detector summarizing its maps with ``score``."""
     return detector.calibrated(postprocess=detector.postprocess.model_copy(update={"score": score}))
 
 
-def _map_candidates(detector: Detector) -> list[tuple[str | None, Detector]]:
-    """(map choice or None when the map is fixed, detector reading it) for each candidate."""
-    if not _map_is_auto(detector):
-        return [(None, detector)]
+def raw_auroc(split: SplitScores) -> float | None:
+    """AUROC of the split's raw (unsmoothed) scores: what the choice compares."""
+    return split_auroc(dataclasses.replace(split, scores=split.raw))
+
+
+def map_readers(detector: Detector) -> list[tuple[str | None, Detector]]:
+    """(map choice, the same weights reading it) for each of the family's ``map_choices`` the
+    configuration can give; [(None, detector)] for a family without a map knob."""
     knob = detector.family.map_knob
+    if knob is None:
+        return [(None, detector)]
     out = []
     for choice in detector.family.map_choices:
         try:
@@ -103,19 +111,19 @@ def choose_map(
     The AUROCs are empty when tune cannot decide (no labelled anomalies or no normals): the
     detector then reads the first map and ``SCORES[0]``, and the tune scores are None (score it)."""
     scores = list(SCORES) if detector.postprocess.score == AUTO else [detector.postprocess.score]
-    candidates = _map_candidates(detector)
+    candidates = map_readers(detector) if _map_is_auto(detector) else [(None, detector)]
     aucs: dict[str, float] = {}
     tunes: dict[str, tuple[Detector, SplitScores]] = {}
     for map_choice, reader in candidates:
         tune = score_split(reader, data, "tune")
         for score in scores:
-            candidate = _with_score(reader, score)
+            candidate = with_score(reader, score)
             split = rescored(tune, candidate)
-            auc = split_auroc(dataclasses.replace(split, scores=split.raw))
+            auc = raw_auroc(split)
             if auc is None:
                 log.info("tune has no labelled anomalies (or no normals): keeping %s",
                          label(candidates[0][0], scores[0]))
-                return _with_score(candidates[0][1], scores[0]), None, {}
+                return with_score(candidates[0][1], scores[0]), None, {}
             name = label(map_choice, score)
             aucs[name], tunes[name] = auc, (candidate, split)
     chosen = pick(aucs)

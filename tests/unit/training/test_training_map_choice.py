@@ -14,7 +14,13 @@ from sklearn.metrics import roc_auc_score
 from vigil.config import SCORES, EvaluateConfig
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector, DetectorRecord
-from vigil.evaluation.map_choice import MARGIN, choose_map, needs_choice, pick
+from vigil.evaluation.map_choice import (
+    MARGIN,
+    choose_map,
+    needs_choice,
+    pick,
+    with_score,
+)
 from vigil.evaluation.splits import score_split
 from vigil.models.draem.config import ANOMALY_MAPS, DraemConfig
 from vigil.models.draem.network import DraemNetwork
@@ -38,8 +44,7 @@ def _detector(
 
 
 def _with(detector: Detector, anomaly_map: str, score: str) -> Detector:
-    reader = detector.with_model(anomaly_map=anomaly_map)
-    return reader.calibrated(postprocess=reader.postprocess.model_copy(update={"score": score}))
+    return with_score(detector.with_model(anomaly_map=anomaly_map), score)
 
 
 def test_the_family_declares_its_map_knob_and_auto_reads_as_the_first_choice():
