@@ -61,6 +61,23 @@ def test_a_stride_2_segmentation_net_runs_at_half_resolution_and_maps_the_input_
     assert 0 <= float(out.error_map.min()) and float(out.error_map.max()) <= 1
 
 
+def test_an_additive_decoder_has_fewer_weights_and_maps_the_input_size():
+    concat = DraemNetwork(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation")).eval()
+    added = DraemNetwork(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation",
+                                        seg_decoder="add")).eval()
+
+    def weights(net):
+        return sum(p.numel() for p in net.segmenter.ups.parameters())
+
+    assert weights(added) < weights(concat)
+    widths = [lateral.out_channels for lateral in added.segmenter.laterals]
+    assert widths == [up[0].in_channels for up in added.segmenter.ups] == [8, 4]
+    with torch.no_grad():
+        out = added(torch.rand(2, 1, 30, 36))
+    assert out.error_map.shape == (2, 1, 30, 36)
+    assert 0 <= float(out.error_map.min()) and float(out.error_map.max()) <= 1
+
+
 def test_draem_trains_evaluates_and_packages_with_identical_scores(mlflow_store, tmp_path):
     data_dir = make_image_dataset(tmp_path / "data" / "prepared" / "tiny")
     params = draem_params(max_minutes=10)
