@@ -10,7 +10,8 @@ each with its ``model.<family>`` knobs, ``family:key=value`` overriding one of t
 each one's inference rate as a ratio of the first one's at the same size and batch), at each
 size and at batch 1 and 32:
 
-- inference frames/s: image = ``to_tensor`` + model + heat-map post-processing
+- inference frames/s: image = ``to_tensor`` + model (batch norms folded, as the detector
+  scores: ``vigil.models.folding``) + heat-map post-processing
   (``vigil.detector.postprocess.smooth_map`` + ``image_score``, when that module is present);
   video = one ``stream`` step per frame for a batch of streams, error map included;
 - training images/s: forward + backward + Adam step (video: clips of ``prepare.video.clip_len``,
@@ -122,6 +123,14 @@ def build(modality: str, entry: str, size: int, layout: str = "channels_last"):
     return model, prep, params
 
 
+def inference_copy(model):
+    """What the detector scores with: the eval-mode network with its batch norms folded
+    (``vigil.models.folding``); ``model`` itself stays in training form for the training rate."""
+    from vigil.models.folding import fold_batch_norms
+
+    return fold_batch_norms(model)
+
+
 def heat_map_postprocess(params):
     """(error maps (N, H, W) -> scores) of the evaluation module, or None when it is absent."""
     try:
@@ -145,16 +154,16 @@ def bench_image(
     rows = []
     for batch in batches:
         frames = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        model.eval()
+        scorer = inference_copy(model)
 
         def infer():
             with torch.inference_mode():
-                out = model(to_tensor(frames, prep).to(DEVICE))
+                out = scorer(to_tensor(frames, prep).to(DEVICE))
                 if post is not None:
                     post(out.error_map[:, 0].cpu().numpy())
 
         with torch.inference_mode():
-            flops = count_flops(lambda: model(to_tensor(frames, prep).to(DEVICE)))
+            flops = count_flops(lambda: scorer(to_tensor(frames, prep).to(DEVICE)))
         infer_rate = timed_rate(infer, batch, seconds)
         train_inputs = to_tensor(frames, prep).to(DEVICE)
         train_rate, train_flops = bench_training(model, train_inputs, batch, seconds)
@@ -173,17 +182,17 @@ def bench_video(
     rows = []
     for batch in batches:
         frame = torch.rand(batch, prep.channels, size, size, device=DEVICE)
-        model.eval()
+        scorer = inference_copy(model)
         with torch.inference_mode():  # a started stream: every later step gives a frame's map
-            state = [model.stream(frame, None)[1]]
+            state = [scorer.stream(frame, None)[1]]
             while True:
-                output, state[0] = model.stream(frame, state[0])
+                output, state[0] = scorer.stream(frame, state[0])
                 if output is not None:
                     break
 
         def infer():
             with torch.inference_mode():
-                _, state[0] = model.stream(frame, state[0])  # the family's step, error map incl.
+                _, state[0] = scorer.stream(frame, state[0])  # the family's step, error map incl.
 
         with torch.inference_mode():
             flops = count_flops(infer)
