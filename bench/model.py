@@ -16,8 +16,9 @@ size and at batch 1 and 32:
   video = one ``stream`` step per frame for a batch of streams, error map included;
 - training images/s: forward + backward + Adam step (video: clips of ``prepare.video.clip_len``,
   counted in frames);
-- ``--layouts channels_last nchw``: each model also in the plain NCHW layout (vigil builds its
-  networks channels-last, ``vigil.models.spec.build_model``), rows marked ``(nchw)``;
+- ``--layouts channels_last nchw unfolded``: each model also in the plain NCHW layout (vigil
+  builds its networks channels-last, ``vigil.models.spec.build_model``), rows marked ``(nchw)``,
+  and with its batch norms left unfolded, rows marked ``(unfolded)``;
 - peak memory (RSS high-water of the worker process that ran that model and size);
 - achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``) as a
   fraction of this machine's 3x3-convolution and dense-matmul GFLOP/s, measured in the same run.
@@ -123,12 +124,13 @@ def build(modality: str, entry: str, size: int, layout: str = "channels_last"):
     return model, prep, params
 
 
-def inference_copy(model):
+def inference_copy(model, layout: str):
     """What the detector scores with: the eval-mode network with its batch norms folded
-    (``vigil.models.folding``); ``model`` itself stays in training form for the training rate."""
+    (``vigil.models.folding``); ``model`` itself stays in training form for the training rate.
+    Layout ``unfolded``: the network as trained, the baseline of the folding."""
     from vigil.models.folding import fold_batch_norms
 
-    return fold_batch_norms(model)
+    return model.eval() if layout == "unfolded" else fold_batch_norms(model)
 
 
 def heat_map_postprocess(params):
@@ -154,7 +156,7 @@ def bench_image(
     rows = []
     for batch in batches:
         frames = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-        scorer = inference_copy(model)
+        scorer = inference_copy(model, layout)
 
         def infer():
             with torch.inference_mode():
@@ -182,7 +184,7 @@ def bench_video(
     rows = []
     for batch in batches:
         frame = torch.rand(batch, prep.channels, size, size, device=DEVICE)
-        scorer = inference_copy(model)
+        scorer = inference_copy(model, layout)
         with torch.inference_mode():  # a started stream: every later step gives a frame's map
             state = [scorer.stream(frame, None)[1]]
             while True:
@@ -275,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--image-families", help="comma-separated (default: params.yaml's)")
     parser.add_argument("--video-families", help="comma-separated (default: params.yaml's)")
-    parser.add_argument("--layouts", nargs="+", choices=("channels_last", "nchw"),
+    parser.add_argument("--layouts", nargs="+", choices=("channels_last", "nchw", "unfolded"),
                         default=["channels_last"],
                         help="memory layouts (vigil's networks run channels_last; nchw: the "
-                             "plain layout, to measure against in the same run)")
+                             "plain layout, unfolded: channels_last with its batch norms left "
+                             "unfolded, each to measure against in the same run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
