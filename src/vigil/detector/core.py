@@ -40,8 +40,8 @@ from vigil.detector.record import (
     write_record,
 )
 from vigil.models.registry import get_family
-from vigil.models.spec import WEIGHTS_FILE as TRAINED_WEIGHTS
 from vigil.models.folding import fold_batch_norms
+from vigil.models.spec import WEIGHTS_FILE as TRAINED_WEIGHTS
 from vigil.models.spec import build_model, load_network, read_spec, save_weights
 
 
@@ -90,10 +90,12 @@ class Detector:
     """A network with its preprocessing, post-processing and calibrated thresholds."""
 
     def __init__(
-        self, network: torch.nn.Module, record: DetectorRecord, reference: np.ndarray | None = None
+        self, network: torch.nn.Module, record: DetectorRecord, reference: np.ndarray | None = None,
+        scorer: torch.nn.Module | None = None,
     ) -> None:
         self.network = network.eval()
-        self.scorer = fold_batch_norms(self.network)  # the same maps, fewer passes
+        # what scores: the same maps with batch norms folded (passed on by ``calibrated``)
+        self.scorer = scorer if scorer is not None else fold_batch_norms(self.network)
         self.record = record
         self.prep = record.prep
         self.postprocess: EvaluateConfig = record.postprocess
@@ -124,7 +126,7 @@ class Detector:
         """The same detector with record fields replaced (threshold, pixel_threshold, ...)."""
         record = self.record.model_copy(update=fields)
         return Detector(self.network, DetectorRecord.model_validate(record.model_dump()),
-                        self.reference)
+                        self.reference, self.scorer)
 
     def with_model(self, **knobs: Any) -> Detector:
         """The same weights with family knobs replaced in the spec; only for knobs read when
