@@ -48,6 +48,8 @@ class Family:
     which anomaly map the network outputs; its value ``auto`` lets the evaluate stage choose
     among ``map_choices`` on the labelled tune split (``evaluation.map_choice``), and until
     then (sweep, unlabelled tune) the network reads ``auto`` as ``map_choices[0]``.
+    ``spec_defaults``: ``(knob, value)`` pairs for knobs added after models were saved whose
+    default has since changed: a stored spec without the knob was trained with ``value``.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Family:
     depth_knob: str | None = None
     map_knob: str | None = None
     map_choices: tuple[str, ...] = ()
+    spec_defaults: tuple[tuple[str, Any], ...] = ()
 
     def build(self, in_channels: int, cfg: BaseModel, output: str = "sigmoid") -> Any:
         """A fresh network (raises ``ImageTooSmallError`` later, at the first size check)."""

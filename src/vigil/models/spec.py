@@ -74,9 +74,10 @@ def spec_family(spec: dict[str, Any]) -> Family:
 
 def model_config(spec: dict[str, Any]) -> BaseModel:
     """The typed family config inside a spec."""
+    family = spec_family(spec)
     try:
-        return spec_family(spec).config.model_validate(spec["model"])
-    except (KeyError, ValidationError) as error:
+        return family.config.model_validate(dict(family.spec_defaults) | spec["model"])
+    except (KeyError, TypeError, ValidationError) as error:
         raise ModelSpecError(f"model spec has an invalid 'model' section: {error}") from None
 
 

@@ -77,6 +77,21 @@ def test_bad_specs_and_folders(tmp_path):
         load_trained(tmp_path)
 
 
+def test_a_spec_saved_before_a_knob_existed_loads_with_the_value_it_was_trained_with(tmp_path):
+    from vigil.models.draem.config import DraemConfig
+    from vigil.models.spec import model_config
+
+    cfg = DraemConfig(depth=2, filters=4, latent_channels=4, seg_filters=4, seg_depth=2,
+                      seg_decoder="concat")
+    spec = model_spec("draem", 1, (32, 32), cfg, prep=PREP)
+    save_trained(tmp_path, build_model(spec), spec)
+    del spec["model"]["seg_decoder"]  # written before the knob existed, when concat was the only
+    (tmp_path / "model.json").write_text(json.dumps(spec))
+    _, loaded_spec = load_trained(tmp_path)
+    assert model_config(loaded_spec).seg_decoder == "concat"
+    assert DraemConfig().seg_decoder == "add"  # while new models get the current default
+
+
 def test_families_are_found_by_name_with_their_records():
     assert {"conv_ae", "convlstm"} <= set(known_families())
     image, video = get_family("conv_ae"), get_family("convlstm")

@@ -62,9 +62,9 @@ def test_a_stride_2_segmentation_net_runs_at_half_resolution_and_maps_the_input_
 
 
 def test_an_additive_decoder_has_fewer_weights_and_maps_the_input_size():
-    concat = DraemNetwork(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation")).eval()
-    added = DraemNetwork(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation",
-                                        seg_decoder="add")).eval()
+    concat = DraemNetwork(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation",
+                                         seg_decoder="concat")).eval()
+    added = DraemNetwork(1, DraemConfig(**TINY_DRAEM, anomaly_map="segmentation")).eval()
 
     def weights(net):
         return sum(p.numel() for p in net.segmenter.ups.parameters())

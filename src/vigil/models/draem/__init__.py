@@ -16,4 +16,5 @@ FAMILY = Family(
     depth_knob="depth",
     map_knob="anomaly_map",
     map_choices=ANOMALY_MAPS,
+    spec_defaults=(("seg_decoder", "concat"),),  # the default before the additive decoder
 )

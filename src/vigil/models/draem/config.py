@@ -28,8 +28,9 @@ class DraemConfig(Strict):
     seg_filters: int = Field(8, ge=1)  # first level; doubled per level, capped at 128
     seg_depth: int = Field(4, ge=1, le=5)
     seg_stride: Literal[1, 2] = 1  # 2: the U-Net runs at half resolution (a stride-2 stem)
-    # how the U-Net's decoder meets each skip: concat (classic) or add (3x fewer decoder FLOPs)
-    seg_decoder: Literal["concat", "add"] = "concat"
+    # how the U-Net's decoder meets each skip: add (a 1x1 lateral, summed; 3x fewer decoder
+    # FLOPs and as good on the tiles at equal epochs and better at equal time: README) or concat
+    seg_decoder: Literal["concat", "add"] = "add"
     # anomaly map: segmentation (the predicted mask), reconstruction (the restoration-trained
     # autoencoder's error_map), fused (both, each divided by its mean on normal val images) or
     # auto: the one with the best image AUROC on the labelled tune split, chosen at evaluate
