@@ -86,8 +86,7 @@ IMAGE_KEYS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_precision", "fal
 
 def split_aucs(detector, data, split: str) -> tuple[float, float]:
     """(image AUROC, pixel AUROC) of ``detector`` on ``split`` (NaN where undefined)."""
-    from vigil.evaluation.evaluate import pixel_metrics
-    from vigil.evaluation.splits import score_split, split_auroc
+    from vigil.evaluation.splits import pixel_metrics, score_split, split_auroc
 
     scored = score_split(detector, data, split)
     image = split_auroc(scored)
@@ -113,9 +112,8 @@ def map_table(project: Path, runs: dict[str, tuple[str, str]]) -> list[str]:
     from vigil.config import SCORES
     from vigil.data.prepared import PreparedDataset
     from vigil.detector import Detector
-    from vigil.evaluation.evaluate import pixel_metrics
     from vigil.evaluation.map_choice import label, map_readers, raw_auroc, rescored, with_score
-    from vigil.evaluation.splits import score_split
+    from vigil.evaluation.splits import pixel_metrics, score_split
 
     width = max(12, *(len(family) for _, family in runs.values()))
     lines = [f"{'dataset':10} {'family':{width}} {'map / score':32} {'tune':>10} "

@@ -5,7 +5,8 @@ through ``Detector``; there is no other copy of this chain.
 
 - Images: ``score_prepared(frames)`` runs the network over prepared frames uint8 (N, h, w, C);
   the anomaly map (the family's ``error_map``) goes through ``postprocess.smooth_map`` and the
-  image score is ``postprocess.image_score`` of it.
+  image score is ``postprocess.image_score`` of it; the map shown and judged per pixel is the
+  family's ``heat_map`` when it gives one (post-processed the same way), else that map.
 - Video: ``stream(frame, state)`` is the one video step: the family's ``stream`` gives the
   anomaly map of frame t (None while it cannot score yet: NaN score, zero map), the map is
   post-processed as above and the frame score is a trailing moving average over the last
@@ -41,6 +42,7 @@ from vigil.detector.record import (
 )
 from vigil.models.registry import get_family
 from vigil.models.folding import fold_batch_norms
+from vigil.models.outputs import AnomalyOutput
 from vigil.models.spec import WEIGHTS_FILE as TRAINED_WEIGHTS
 from vigil.models.spec import build_model, load_network, read_spec, save_weights
 
@@ -177,14 +179,18 @@ class Detector:
 
     # --- the chain on prepared frames ----------------------------------------------------------
 
-    def _post(self, error: torch.Tensor, predicted: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-        """Network maps (B, 1, h, w) -> (post-processed maps (B, h, w), raw scores (B,))."""
-        errors = error[:, 0].float().cpu().numpy()
+    def _post(self, output: AnomalyOutput) -> tuple[np.ndarray, np.ndarray]:
+        """The network's output (maps (B, 1, h, w)) -> (post-processed heat maps (B, h, w), raw
+        scores (B,) of the post-processed anomaly maps); the heat map is the anomaly map unless
+        the family gives a separate ``heat_map``."""
         masks = None
-        if self.postprocess.use_error_head and predicted is not None:
-            masks = predicted[:, 0].float().cpu().numpy()
-        maps = post.smooth_map(errors, self.postprocess, masks)
-        return maps, np.asarray(post.image_score(maps, self.postprocess), dtype=np.float64)
+        if self.postprocess.use_error_head and output.predicted_error is not None:
+            masks = output.predicted_error[:, 0].float().cpu().numpy()
+        maps = post.smooth_map(output.error_map[:, 0].float().cpu().numpy(), self.postprocess, masks)
+        raw = np.asarray(post.image_score(maps, self.postprocess), dtype=np.float64)
+        if output.heat_map is not None:
+            maps = post.smooth_map(output.heat_map[:, 0].float().cpu().numpy(), self.postprocess, masks)
+        return maps, raw
 
     @torch.inference_mode()
     def score_prepared(self, frames: np.ndarray, batch_size: int = 32) -> PreparedScores:
@@ -197,7 +203,7 @@ class Detector:
             batch = np.asarray(frames[start : start + batch_size])
             output = self.scorer(to_tensor(batch, self.prep).to(self.device))
             stop = start + len(batch)
-            maps[start:stop], raw[start:stop] = self._post(output.error_map, output.predicted_error)
+            maps[start:stop], raw[start:stop] = self._post(output)
         return PreparedScores(raw=raw, scores=raw.copy(), maps=maps, valid=np.ones(n, dtype=bool))
 
     def _smoothed(self, recent: deque, raw: float) -> float:
@@ -235,7 +241,7 @@ class Detector:
             output, state = self._video_step(batch, state)
             frame_maps = frame_raw = None
             if output is not None:
-                frame_maps, frame_raw = self._post(output.error_map, output.predicted_error)
+                frame_maps, frame_raw = self._post(output)
             for b, n in enumerate(lengths):
                 if t >= n:
                     continue
@@ -258,7 +264,7 @@ class Detector:
         height, width = frame.shape[:2]
         anomaly_map, raw, rec = np.zeros((height, width), np.float32), math.nan, None
         if output is not None:
-            maps, raws = self._post(output.error_map, output.predicted_error)
+            maps, raws = self._post(output)
             anomaly_map, raw = maps[0], float(raws[0])
             rec = _to_uint8(output.reconstruction[0]) if reconstruction else None
         score = self._smoothed(state.recent, raw)

@@ -45,7 +45,7 @@ from vigil.evaluation.outputs import (
     write_plot_data,
 )
 from vigil.evaluation.report import render_report, write_report
-from vigil.evaluation.splits import SplitScores, hash_test_split, score_split
+from vigil.evaluation.splits import SplitScores, hash_test_split, pixel_metrics, score_split
 from vigil import names
 
 DETECTOR_DIR = "detector"  # models/<dataset>/detector/: the calibrated detector
@@ -123,19 +123,6 @@ def calibrate(
         prevalence=params.gate.prevalence,
         normal_scores=val.scores[ok_val], split="tune", min_recall=params.gate.min_recall,
     )
-
-
-def pixel_metrics(data: PreparedDataset, test: SplitScores) -> dict[str, float]:
-    """Pixel AUROC and AUPRO over test items that are normal or carry a mask (if any do)."""
-    has_mask = np.array([data.items[int(r)].has_mask for r in test.rows], dtype=bool)
-    keep = test.scored & ((test.labels == 0) | has_mask)
-    if not (has_mask & (test.labels == 1) & test.scored).any():
-        return {}
-    masks = np.asarray(data.masks[test.rows[keep]])
-    if not masks.any():
-        return {}
-    maps = test.maps[keep]
-    return {"pixel_auroc": PM.pixel_auroc(masks, maps), "aupro": PM.aupro(masks, maps)}
 
 
 def test_metrics(
@@ -243,6 +230,9 @@ def evaluate(
     if MC.needs_choice(detector):  # map knob or score auto: chosen on tune, shipped
         detector, chosen_tune, map_aucs = MC.choose_map(detector, data)
         cfg = detector.postprocess
+    detector, heat_aucs = MC.choose_heat(detector, data)  # heat map knob auto: chosen on tune
+    if heat_aucs:
+        chosen_tune = None  # the same scores, other maps: scored again below
     scored = {s: score_split(detector, data, s) for s in ("val", "test")}
     scored["tune"] = score_split(detector, data, "tune") if chosen_tune is None else chosen_tune
     window_aucs: dict[int, float] = {}
@@ -324,6 +314,12 @@ def evaluate(
     if map_aucs:
         notes.append("map and score chosen on tune (AUROC of each: "
                      + ", ".join(f"{c}: {auc:.3f}" for c, auc in map_aucs.items()) + ")")
+    heat = detector.family.heat_knob
+    if heat is not None:
+        summary["heat map"] = f"{heat} = {detector.record.spec['model'][heat]}"
+    if heat_aucs:
+        notes.append("heat map chosen on tune (pixel AUROC of each: "
+                     + ", ".join(f"{c}: {auc:.3f}" for c, auc in heat_aucs.items()) + ")")
     if data.modality == "video":
         notes.append("video: the first frame of each clip has no prediction and is not scored; "
                      f"scores are a trailing moving average over {cfg.window} frames")

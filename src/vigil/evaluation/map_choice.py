@@ -18,6 +18,12 @@ the first of each is kept. The map is written into the detector's spec and the s
 post-processing, so packages, serving and streams read the same ones. A map the model's
 configuration cannot give (the appearance map of a predictor without an appearance
 autoencoder) is left out.
+
+The heat map (a family's ``heat_knob``: what overlays show and pixel metrics judge) is chosen
+after, by ``choose_heat``: the scored map unless another of ``map_choices`` beats its pixel
+AUROC on the tune split's masks by more than ``MARGIN``. Image AUROC and pixel AUROC can favour
+different maps of the same weights (on the magnetic tiles the fused map ranks images best, the
+predicted mask localizes best), and the gate judges images only.
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
 from vigil.detector.postprocess import image_score
 from vigil.evaluation.smoothing import resmoothed
-from vigil.evaluation.splits import SplitScores, score_split, split_auroc
+from vigil.evaluation.splits import SplitScores, pixel_metrics, score_split, split_auroc
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+SAME_HEAT = "same"  # the heat map is the scored map
 # the first pair (the family's first map, SCORES[0]) is kept unless another beats it on tune by
 # more than this: on a small tune split near-ties are noise (the built-in print's six pairs
 # scored 0.961-0.970 on tune, and the 0.970 one lost 0.02 frame AUROC on test against the first)
@@ -78,15 +85,19 @@ def raw_auroc(split: SplitScores) -> float | None:
 
 
 def map_readers(detector: Detector) -> list[tuple[str | None, Detector]]:
-    """(map choice, the same weights reading it) for each of the family's ``map_choices`` the
-    configuration can give; [(None, detector)] for a family without a map knob."""
+    """(map choice, the same weights reading it, with that map as its heat map too) for each
+    of the family's ``map_choices`` the configuration can give; [(None, detector)] for a family
+    without a map knob."""
     knob = detector.family.map_knob
     if knob is None:
         return [(None, detector)]
+    heat = detector.family.heat_knob
+    shows_scored = heat is None or detector.record.spec["model"].get(heat) in (AUTO, SAME_HEAT)
+    same_heat = {} if shows_scored else {heat: SAME_HEAT}  # auto reads as same until chosen
     out = []
     for choice in detector.family.map_choices:
         try:
-            out.append((choice, detector.with_model(**{knob: choice})))
+            out.append((choice, detector.with_model(**{knob: choice}, **same_heat)))
         except ValueError as error:  # this configuration cannot give that map
             log.info("%s.%s: %s left out (%s)", detector.family.name, knob, choice,
                      str(error).splitlines()[-1].strip())
@@ -130,3 +141,30 @@ def choose_map(
     log.info("%s, chosen on tune (AUROC %s)", chosen,
              ", ".join(f"{name}: {auc:.3f}" for name, auc in aucs.items()))
     return (*tunes[chosen], aucs)
+
+
+def choose_heat(detector: Detector, data: PreparedDataset) -> tuple[Detector, dict[str, float]]:
+    """(detector with the chosen heat map, {heat map: tune pixel AUROC}) when the family's heat
+    knob is ``auto``: ``same`` (the scored map) unless another map beats its tune pixel AUROC by
+    more than ``MARGIN``. Without masked anomalies in tune it stays ``same`` and the AUROCs are
+    empty. The detector is returned unchanged when the knob is not ``auto``."""
+    knob = detector.family.heat_knob
+    if knob is None or detector.record.spec["model"].get(knob) != AUTO:
+        return detector, {}
+    scored_map = detector.record.spec["model"].get(detector.family.map_knob)
+    aucs: dict[str, float] = {}
+    readers: dict[str, Detector] = {}
+    for choice in (SAME_HEAT, *(c for c in detector.family.map_choices if c != scored_map)):
+        try:
+            reader = detector.with_model(**{knob: choice})
+        except ValueError:  # this configuration cannot give that map
+            continue
+        auc = pixel_metrics(data, score_split(reader, data, "tune")).get("pixel_auroc")
+        if auc is None:
+            log.info("tune has no masked anomalies: the heat map is the scored map")
+            return detector.with_model(**{knob: SAME_HEAT}), {}
+        aucs[choice], readers[choice] = auc, reader
+    chosen = pick(aucs)
+    log.info("heat map %s, chosen on tune (pixel AUROC %s)", chosen,
+             ", ".join(f"{name}: {auc:.3f}" for name, auc in aucs.items()))
+    return readers[chosen], aucs

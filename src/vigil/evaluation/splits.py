@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector
+from vigil.evaluation import pixel_metrics as PM
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,20 @@ def split_auroc(split: SplitScores) -> float | None:
     if labels.size == 0 or labels.min() == labels.max():
         return None
     return float(roc_auc_score(labels, split.scores[ok]))
+
+
+def pixel_metrics(data: PreparedDataset, split: SplitScores) -> dict[str, float]:
+    """Pixel AUROC and AUPRO of the split's maps over its items that are normal or carry a
+    mask; empty when no scored anomaly has a mask."""
+    has_mask = np.array([data.items[int(r)].has_mask for r in split.rows], dtype=bool)
+    keep = split.scored & ((split.labels == 0) | has_mask)
+    if not (has_mask & (split.labels == 1) & split.scored).any():
+        return {}
+    masks = np.asarray(data.masks[split.rows[keep]])
+    if not masks.any():
+        return {}
+    maps = split.maps[keep]
+    return {"pixel_auroc": PM.pixel_auroc(masks, maps), "aupro": PM.aupro(masks, maps)}
 
 
 def hash_test_split(data: PreparedDataset) -> str:

@@ -17,12 +17,15 @@ class AnomalyOutput(NamedTuple):
     - ``error_map`` (B, 1, H, W): squared error averaged over channels, in model input space.
     - ``score`` (B,): mean of ``error_map``.
     - ``predicted_error`` (B, 1, H, W) or None: the error head's estimate of ``error_map``.
+    - ``heat_map`` (B, 1, H, W) or None: the map to show and to judge pixels by when it is not
+      ``error_map`` (a family's ``heat_knob``); the image score still comes from ``error_map``.
     """
 
     reconstruction: torch.Tensor
     error_map: torch.Tensor
     score: torch.Tensor
     predicted_error: torch.Tensor | None = None
+    heat_map: torch.Tensor | None = None
 
 
 def anomaly_output(

@@ -48,6 +48,9 @@ class Family:
     which anomaly map the network outputs; its value ``auto`` lets the evaluate stage choose
     among ``map_choices`` on the labelled tune split (``evaluation.map_choice``), and until
     then (sweep, unlabelled tune) the network reads ``auto`` as ``map_choices[0]``.
+    ``heat_knob``: a scoring-only knob that picks, of ``map_choices``, the heat map (overlays,
+    pixel metrics, pixel threshold) apart from the map the image score reads; ``same`` (and
+    ``auto`` until evaluate chooses on the tune split's masks) shows the scored map.
     ``spec_defaults``: ``(knob, value)`` pairs for knobs added after models were saved whose
     default has since changed: a stored spec without the knob was trained with ``value``.
     """
@@ -61,6 +64,7 @@ class Family:
     depth_knob: str | None = None
     map_knob: str | None = None
     map_choices: tuple[str, ...] = ()
+    heat_knob: str | None = None
     spec_defaults: tuple[tuple[str, Any], ...] = ()
 
     def build(self, in_channels: int, cfg: BaseModel, output: str = "sigmoid") -> Any:

@@ -86,10 +86,13 @@ def test_a_spec_saved_before_a_knob_existed_loads_with_the_value_it_was_trained_
     spec = model_spec("draem", 1, (32, 32), cfg, prep=PREP)
     save_trained(tmp_path, build_model(spec), spec)
     del spec["model"]["seg_decoder"]  # written before the knob existed, when concat was the only
+    del spec["model"]["heat_map"]  # and before the heat map could differ from the scored map
     (tmp_path / "model.json").write_text(json.dumps(spec))
     _, loaded_spec = load_trained(tmp_path)
     assert model_config(loaded_spec).seg_decoder == "concat"
-    assert DraemConfig().seg_decoder == "add"  # while new models get the current default
+    assert model_config(loaded_spec).heat_map == "same"
+    assert DraemConfig().seg_decoder == "add"  # while new models get the current defaults
+    assert DraemConfig().heat_map == "auto"
 
 
 def test_families_are_found_by_name_with_their_records():

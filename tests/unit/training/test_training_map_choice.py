@@ -16,12 +16,13 @@ from vigil.data.prepared import PreparedDataset
 from vigil.detector import Detector, DetectorRecord
 from vigil.evaluation.map_choice import (
     MARGIN,
+    choose_heat,
     choose_map,
     needs_choice,
     pick,
     with_score,
 )
-from vigil.evaluation.splits import score_split
+from vigil.evaluation.splits import pixel_metrics, score_split
 from vigil.models.draem.config import ANOMALY_MAPS, DraemConfig
 from vigil.models.draem.network import DraemNetwork
 from vigil.models.future_frame.config import FutureFrameConfig
@@ -118,3 +119,41 @@ def test_video_frame_maps_without_an_appearance_term_leave_the_appearance_map_ou
     ok = again.scored
     picked = f"{chosen.record.spec['model']['frame_map']} / {chosen.postprocess.score}"
     assert aucs[picked] == pytest.approx(roc_auc_score(again.labels[ok], again.raw[ok]))
+
+
+def test_a_heat_map_apart_from_the_scored_map_changes_the_maps_and_not_the_scores(tmp_path):
+    data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny"))
+    fused = _detector(data, anomaly_map="fused", score="topk_mean")
+    shown = fused.with_model(heat_map="segmentation")
+    segmentation = fused.with_model(anomaly_map="segmentation")
+    frames = np.asarray(data.frames[data.indices("test")])
+    fused_scores, shown_scores = fused.score_prepared(frames), shown.score_prepared(frames)
+    np.testing.assert_array_equal(shown_scores.raw, fused_scores.raw)  # scored off the fused map
+    np.testing.assert_allclose(shown_scores.maps, segmentation.score_prepared(frames).maps)
+    assert not np.allclose(shown_scores.maps, fused_scores.maps)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # the scored map itself, or auto before evaluate, gives no heat map
+        assert fused.with_model(heat_map="fused").network(x).heat_map is None
+        assert fused.network(x).heat_map is None
+
+
+def test_the_heat_map_with_the_best_tune_pixel_auroc_ships_beside_the_scored_map(tmp_path):
+    data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny"))
+    detector = _detector(data, anomaly_map="fused", score="topk_mean")
+    assert detector.record.spec["model"]["heat_map"] == "auto"
+    chosen, aucs = choose_heat(detector, data)
+    assert list(aucs) == ["same", "segmentation", "reconstruction"]
+    for heat, auc in aucs.items():  # each the pixel AUROC of that heat map on tune
+        reader = detector.with_model(heat_map=heat)
+        assert auc == pytest.approx(
+            pixel_metrics(data, score_split(reader, data, "tune"))["pixel_auroc"])
+    assert chosen.record.spec["model"]["heat_map"] == pick(aucs)
+    np.testing.assert_array_equal(  # the image scores do not move
+        score_split(chosen, data, "tune").scores, score_split(detector, data, "tune").scores)
+
+
+def test_without_masked_tune_anomalies_the_heat_map_is_the_scored_map(tmp_path):
+    data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny", labelled_tune=False))
+    chosen, aucs = choose_heat(_detector(data, anomaly_map="fused", score="topk_mean"), data)
+    assert aucs == {} and chosen.record.spec["model"]["heat_map"] == "same"
+

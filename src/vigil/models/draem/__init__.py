@@ -16,5 +16,7 @@ FAMILY = Family(
     depth_knob="depth",
     map_knob="anomaly_map",
     map_choices=ANOMALY_MAPS,
-    spec_defaults=(("seg_decoder", "concat"),),  # the default before the additive decoder
+    heat_knob="heat_map",
+    # the defaults before the additive decoder and the separate heat map
+    spec_defaults=(("seg_decoder", "concat"), ("heat_map", "same")),
 )

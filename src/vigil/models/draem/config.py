@@ -13,6 +13,7 @@ from vigil.models.error_maps import ErrorMapKind
 # evaluate stage chooses one on the labelled tune split
 ANOMALY_MAPS = ("fused", "segmentation", "reconstruction")
 AnomalyMap = Literal["auto", "fused", "segmentation", "reconstruction"]
+HeatMap = Literal["auto", "same", "fused", "segmentation", "reconstruction"]
 
 
 class DraemConfig(Strict):
@@ -37,6 +38,11 @@ class DraemConfig(Strict):
     # (which wins is a property of the data: the mask on the magnetic tiles, the reconstruction
     # on a photograph probe; README)
     anomaly_map: AnomalyMap = "auto"
+    # heat map (overlays, pixel metrics): same (the anomaly map), one of ANOMALY_MAPS, or auto:
+    # the best pixel AUROC on the tune split's masks, chosen at evaluate (image AUROC and pixel
+    # AUROC can favour different maps: on the tiles fused scores images best, the mask localizes
+    # best; README)
+    heat_map: HeatMap = "auto"
     error_map: ErrorMapKind = "ssim"  # the reconstruction term: l2 | ssim | gradient
     # mean filter over the predicted mask, as a fraction of the shorter image side
     smooth_fraction: float = Field(0.04, ge=0, le=0.5)

@@ -25,6 +25,10 @@ Anomaly map (``AnomalyOutput.error_map``, ``cfg.anomaly_map``):
   weigh 1 on normal data;
 - ``auto``: read as ``fused`` until the evaluate stage chooses one of the three on the labelled
   tune split (``evaluation.map_choice``).
+
+Heat map (``AnomalyOutput.heat_map``, ``cfg.heat_map``): one of the same three shown in overlays
+and judged by pixel metrics apart from the scored map (None when it is the anomaly map:
+``same``, or ``auto`` until evaluate chooses it on the tune split's masks).
 """
 
 from __future__ import annotations
@@ -203,19 +207,29 @@ class DraemNetwork(nn.Module):
         """The anomaly map forward computes (``auto`` reads as the family's first choice)."""
         return ANOMALY_MAPS[0] if self.cfg.anomaly_map == "auto" else self.cfg.anomaly_map
 
+    @property
+    def heat_mode(self) -> str | None:
+        """The heat map forward computes besides the anomaly map (None: the anomaly map itself;
+        ``auto`` reads as ``same`` until the evaluate stage chooses)."""
+        heat = self.cfg.heat_map
+        return None if heat in ("auto", "same", self.map_mode) else heat
+
     def forward(self, x: torch.Tensor) -> AnomalyOutput:
-        """Computes only what ``map_mode`` needs: the reconstruction map skips the segmentation
-        net, the segmentation map the reconstruction error."""
-        mode = self.map_mode
-        if mode == "reconstruction":
+        """Computes only what the anomaly and heat maps need: the reconstruction map alone skips
+        the segmentation net, the segmentation map alone the reconstruction error."""
+        wanted = {self.map_mode, self.heat_mode} - {None}
+        if wanted == {"reconstruction"}:
             height, width = x.shape[-2:]
             padded = pad_to_multiple(x, self.pad_depth)
             reconstruction = self._restore(padded)[..., :height, :width]
-            anomaly = self._rec_error(x, reconstruction)
+            maps = {"reconstruction": self._rec_error(x, reconstruction)}
         else:
             reconstruction, logits = self.segment(x)
-            anomaly = self._segmentation(logits)
-            if mode == "fused":
-                rec_error = self._rec_error(x, reconstruction)
-                anomaly = anomaly / self.seg_scale + rec_error / self.rec_scale
-        return AnomalyOutput(reconstruction, anomaly, anomaly.amax(dim=(1, 2, 3)), None)
+            maps = {"segmentation": self._segmentation(logits)}
+            if wanted != {"segmentation"}:
+                maps["reconstruction"] = self._rec_error(x, reconstruction)
+                maps["fused"] = (maps["segmentation"] / self.seg_scale
+                                 + maps["reconstruction"] / self.rec_scale)
+        anomaly = maps[self.map_mode]
+        heat = None if self.heat_mode is None else maps[self.heat_mode]
+        return AnomalyOutput(reconstruction, anomaly, anomaly.amax(dim=(1, 2, 3)), None, heat)
