@@ -230,9 +230,8 @@ def evaluate(
     if MC.needs_choice(detector):  # map knob or score auto: chosen on tune, shipped
         detector, chosen_tune, map_aucs = MC.choose_map(detector, data)
         cfg = detector.postprocess
-    detector, heat_aucs = MC.choose_heat(detector, data)  # heat map knob auto: chosen on tune
-    if heat_aucs:
-        chosen_tune = None  # the same scores, other maps: scored again below
+    # heat map knob auto: chosen on tune
+    detector, chosen_tune, heat_aucs = MC.choose_heat(detector, data, chosen_tune)
     scored = {s: score_split(detector, data, s) for s in ("val", "test")}
     scored["tune"] = score_split(detector, data, "tune") if chosen_tune is None else chosen_tune
     window_aucs: dict[int, float] = {}

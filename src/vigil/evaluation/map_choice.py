@@ -143,28 +143,33 @@ def choose_map(
     return (*tunes[chosen], aucs)
 
 
-def choose_heat(detector: Detector, data: PreparedDataset) -> tuple[Detector, dict[str, float]]:
-    """(detector with the chosen heat map, {heat map: tune pixel AUROC}) when the family's heat
-    knob is ``auto``: ``same`` (the scored map) unless another map beats its tune pixel AUROC by
-    more than ``MARGIN``. Without masked anomalies in tune it stays ``same`` and the AUROCs are
-    empty. The detector is returned unchanged when the knob is not ``auto``."""
+def choose_heat(
+    detector: Detector, data: PreparedDataset, tune: SplitScores | None = None
+) -> tuple[Detector, SplitScores | None, dict[str, float]]:
+    """(detector with the chosen heat map, its tune scores or None, {heat map: tune pixel
+    AUROC}) when the family's heat knob is ``auto``: ``same`` (the scored map) unless another
+    map beats its tune pixel AUROC by more than ``MARGIN``. ``tune``: the detector's tune
+    scores when already computed (``choose_map``'s), reused for ``same``. Without masked
+    anomalies in tune it stays ``same`` and the AUROCs are empty. The detector is returned
+    unchanged (with ``tune``) when the knob is not ``auto``."""
     knob = detector.family.heat_knob
     if knob is None or detector.record.spec["model"].get(knob) != AUTO:
-        return detector, {}
+        return detector, tune, {}
     scored_map = detector.record.spec["model"].get(detector.family.map_knob)
     aucs: dict[str, float] = {}
-    readers: dict[str, Detector] = {}
+    chosen_by: dict[str, tuple[Detector, SplitScores]] = {}
     for choice in (SAME_HEAT, *(c for c in detector.family.map_choices if c != scored_map)):
         try:
             reader = detector.with_model(**{knob: choice})
         except ValueError:  # this configuration cannot give that map
             continue
-        auc = pixel_metrics(data, score_split(reader, data, "tune")).get("pixel_auroc")
+        split = tune if choice == SAME_HEAT and tune is not None else score_split(reader, data, "tune")
+        auc = pixel_metrics(data, split).get("pixel_auroc")
         if auc is None:
             log.info("tune has no masked anomalies: the heat map is the scored map")
-            return detector.with_model(**{knob: SAME_HEAT}), {}
-        aucs[choice], readers[choice] = auc, reader
+            return detector.with_model(**{knob: SAME_HEAT}), tune, {}
+        aucs[choice], chosen_by[choice] = auc, (reader, split)
     chosen = pick(aucs)
     log.info("heat map %s, chosen on tune (pixel AUROC %s)", chosen,
              ", ".join(f"{name}: {auc:.3f}" for name, auc in aucs.items()))
-    return readers[chosen], aucs
+    return (*chosen_by[chosen], aucs)

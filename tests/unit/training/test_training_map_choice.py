@@ -141,7 +141,7 @@ def test_the_heat_map_with_the_best_tune_pixel_auroc_ships_beside_the_scored_map
     data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny"))
     detector = _detector(data, anomaly_map="fused", score="topk_mean")
     assert detector.record.spec["model"]["heat_map"] == "auto"
-    chosen, aucs = choose_heat(detector, data)
+    chosen, chosen_tune, aucs = choose_heat(detector, data)
     assert list(aucs) == ["same", "segmentation", "reconstruction"]
     for heat, auc in aucs.items():  # each the pixel AUROC of that heat map on tune
         reader = detector.with_model(heat_map=heat)
@@ -150,10 +150,11 @@ def test_the_heat_map_with_the_best_tune_pixel_auroc_ships_beside_the_scored_map
     assert chosen.record.spec["model"]["heat_map"] == pick(aucs)
     np.testing.assert_array_equal(  # the image scores do not move
         score_split(chosen, data, "tune").scores, score_split(detector, data, "tune").scores)
+    np.testing.assert_array_equal(chosen_tune.maps, score_split(chosen, data, "tune").maps)
 
 
 def test_without_masked_tune_anomalies_the_heat_map_is_the_scored_map(tmp_path):
     data = PreparedDataset.load(make_image_dataset(tmp_path / "tiny", labelled_tune=False))
-    chosen, aucs = choose_heat(_detector(data, anomaly_map="fused", score="topk_mean"), data)
+    chosen, _, aucs = choose_heat(_detector(data, anomaly_map="fused", score="topk_mean"), data)
     assert aucs == {} and chosen.record.spec["model"]["heat_map"] == "same"
 
