@@ -1,13 +1,15 @@
 """The DRAEM family's synthetic-anomaly generator: coverage, determinism, untouched pixels
-outside the mask, half the samples clean, every texture kind."""
+outside the mask, half the samples clean, every texture kind, thin scars."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from vigil.models.draem.anomalies import (
+    SCAR_MAX_COVERAGE,
     TEXTURES,
     TRAIN_STREAM,
     VAL_STREAM,
@@ -16,6 +18,7 @@ from vigil.models.draem.anomalies import (
     anomaly_mask,
     corrupt,
     procedural_texture,
+    scar_mask,
     unpack,
 )
 
@@ -47,6 +50,40 @@ def test_mask_coverage_stays_within_the_bounds(low, high):
         assert low - 1 / mask.size <= coverage <= high + 1 / mask.size, (i, coverage)
 
 
+def _half_width(mask: np.ndarray) -> float:
+    """The radius of the largest disc inside the mask, in pixels."""
+    return float(cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5).max())
+
+
+@pytest.mark.parametrize("low,high", [(0.005, 0.25), (0.01, 0.02), (0.1, 0.3)])
+def test_scar_masks_are_thin_and_keep_their_coverage_bounds(low, high):
+    widths = []
+    for i in range(40):
+        mask = scar_mask(np.random.default_rng(i), (SIZE, SIZE), low, high)
+        assert set(np.unique(mask)) <= {0.0, 1.0}
+        # capped at SCAR_MAX_COVERAGE so they stay thin, unless min_coverage asks for more
+        top = max(low, min(high, SCAR_MAX_COVERAGE))
+        assert low - 1 / mask.size <= mask.mean() <= top + 1 / mask.size, (i, mask.mean())
+        widths.append(_half_width(mask))
+    if low < SCAR_MAX_COVERAGE < high:  # the cap binds: scars are thinner than blobs of the range
+        blobs = [_half_width(anomaly_mask(np.random.default_rng(i), (SIZE, SIZE), low, high))
+                 for i in range(40)]
+        assert np.median(widths) <= 2.5 and np.median(widths) < np.median(blobs)
+
+
+def test_scar_share_picks_the_mask_shape_and_zero_keeps_the_blob_draws():
+    image = Images(1)[0].permute(1, 2, 0).numpy()
+    for i in range(10):
+        blob = corrupt(np.random.default_rng(i), image, None, AnomalySettings(probability=1.0))
+        same = corrupt(np.random.default_rng(i), image, None,
+                       AnomalySettings(probability=1.0, scar_share=0.0))
+        scar = corrupt(np.random.default_rng(i), image, None,
+                       AnomalySettings(probability=1.0, scar_share=1.0))
+        np.testing.assert_array_equal(blob[1], same[1])
+        np.testing.assert_array_equal(blob[0], same[0])
+        assert scar[1].mean() <= SCAR_MAX_COVERAGE + 1 / scar[1].size
+
+
 @pytest.mark.parametrize("kind", [k for k in TEXTURES if k != "shifted"])
 def test_procedural_textures_are_in_unit_range(kind):
     texture = procedural_texture(np.random.default_rng(1), kind, (SIZE, 40), 3)
@@ -54,12 +91,14 @@ def test_procedural_textures_are_in_unit_range(kind):
     assert texture.min() >= 0 and texture.max() <= 1
 
 
-def test_corruption_changes_only_pixels_inside_the_mask():
+@pytest.mark.parametrize("scar_share", [0.0, 1.0])
+def test_corruption_changes_only_pixels_inside_the_mask(scar_share):
     image = Images(1)[0].permute(1, 2, 0).numpy()
     other = image[::-1].copy()
     changed = 0
+    settings = AnomalySettings(probability=1.0, scar_share=scar_share)
     for i in range(30):
-        out, mask = corrupt(np.random.default_rng(i), image, other, AnomalySettings(probability=1.0))
+        out, mask = corrupt(np.random.default_rng(i), image, other, settings)
         outside = mask == 0
         assert mask.any()
         np.testing.assert_array_equal(out[outside], image[outside])

@@ -4,7 +4,11 @@ procedural textures standing in for a texture dataset: nothing is downloaded).
 A corrupted sample is ``image * (1 - m) + (beta * image + (1 - beta) * texture) * m``:
 
 - ``m``: a binary mask, Perlin noise (lattice 2**k per axis, k random) thresholded at the
-  quantile that leaves a coverage drawn log-uniformly in [min_coverage, max_coverage];
+  quantile that leaves a coverage drawn log-uniformly in [min_coverage, max_coverage]; or, for a
+  share ``scar_share`` of the anomalies, a scar: a thin band with ragged edges around a random
+  polyline (scratches, cracks, frayed edges: the elongated defects a blob does not resemble;
+  CutPaste's "scar" augmentation, Li et al. CVPR 2021), at most ``SCAR_MAX_COVERAGE`` of the
+  image so that it stays thin;
 - ``beta``: the opacity of the original inside the mask, uniform in [0, max_opacity];
 - ``texture``: one of Perlin colour noise, stripes, checkers (random period, angle and two
   colours), a homogeneous colour, or a shifted, possibly flipped copy of another normal image.
@@ -30,6 +34,8 @@ TRAIN_STREAM = 0
 VAL_STREAM = 1
 SAMPLES_PER_CELL = 16  # Perlin noise is evaluated on this many points per cell and axis
 TEXTURES = ("perlin", "stripes", "checkers", "colour", "shifted")
+SCAR_MAX_COVERAGE = 0.05  # a scar's area share, at most (its length is 0.3-0.9 of the side)
+SCAR_RAGGEDNESS = 2.0  # pixels: how far the band's edge wanders off a constant width
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class AnomalySettings:
     min_coverage: float = 0.005
     max_coverage: float = 0.25
     max_opacity: float = 0.8
+    scar_share: float = 0.0
 
 
 def perlin_noise(rng: np.random.Generator, shape: tuple[int, int], res: tuple[int, int]) -> np.ndarray:
@@ -91,15 +98,52 @@ def anomaly_mask(
 ) -> np.ndarray:
     """Binary float32 mask (H, W) from thresholded Perlin noise; its area share is within
     [min_coverage, max_coverage] (up to one pixel), drawn log-uniformly."""
-    height, width = shape
     top = max(0, int(math.log2(max(1, min(shape) // 4))))
     res = (2 ** int(rng.integers(0, min(top, 4) + 1)), 2 ** int(rng.integers(0, min(top, 4) + 1)))
     noise = perlin_noise(rng, shape, res)
-    coverage = math.exp(rng.uniform(math.log(min_coverage), math.log(max_coverage)))
-    n_on = int(np.clip(round(coverage * height * width), 1, height * width))
+    n_on = _coverage_pixels(rng, shape, min_coverage, max_coverage)
     flat = noise.ravel()
     cut = np.partition(flat, flat.size - n_on)[flat.size - n_on]  # the n_on-th highest value
     return (noise >= cut).astype(np.float32)
+
+
+def _coverage_pixels(
+    rng: np.random.Generator, shape: tuple[int, int], low: float, high: float
+) -> int:
+    """A pixel count whose share of ``shape`` is drawn log-uniformly in [low, high]."""
+    coverage = math.exp(rng.uniform(math.log(low), math.log(high)))
+    return int(np.clip(round(coverage * shape[0] * shape[1]), 1, shape[0] * shape[1]))
+
+
+def scar_mask(
+    rng: np.random.Generator, shape: tuple[int, int], min_coverage: float, max_coverage: float
+) -> np.ndarray:
+    """Binary float32 mask (H, W): the pixels nearest a random polyline (a random walk of 2-5
+    segments, 0.3-0.9 of the shorter side long, starting inside the image), their distance
+    jittered by Perlin noise so the edges are ragged. Its area share is drawn log-uniformly in
+    [min_coverage, min(max_coverage, SCAR_MAX_COVERAGE)] (min_coverage when that is larger)."""
+    height, width = shape
+    side = min(shape)
+    n_on = _coverage_pixels(rng, shape, min_coverage,
+                            max(min_coverage, min(max_coverage, SCAR_MAX_COVERAGE)))
+    segments = int(rng.integers(2, 6))
+    step = rng.uniform(0.3, 0.9) * side / segments
+    point = rng.uniform((0, 0), (width - 1, height - 1))
+    angle = rng.uniform(0, 2 * np.pi)
+    points = [point]
+    for _ in range(segments):
+        angle += rng.normal(0, 0.5)
+        point = point + step * np.array([np.cos(angle), np.sin(angle)])
+        points.append(point)
+    canvas = np.full(shape, 255, np.uint8)
+    cv2.polylines(canvas, [np.round(np.array(points)).astype(np.int32)], False, 0, thickness=1)
+    distance = cv2.distanceTransform(canvas, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    lattice = max(1, side // 8)
+    # continuous jitter: also breaks the distance's many ties, so the cut leaves n_on pixels
+    field = distance + SCAR_RAGGEDNESS * perlin_noise(rng, shape, (lattice, lattice))
+    flat = field.ravel()
+    cut = np.partition(flat, n_on - 1)[n_on - 1]  # the n_on-th lowest value
+    return (field <= cut).astype(np.float32)
 
 
 def _two_colours(rng: np.random.Generator, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +204,10 @@ def corrupt(
     height, width, channels = image.shape
     if rng.random() >= settings.probability:
         return image.copy(), np.zeros((height, width), np.float32)
-    mask = anomaly_mask(rng, (height, width), settings.min_coverage, settings.max_coverage)
+    # scar_share 0 draws nothing here, so its samples are those of the blob-only generator
+    scar = settings.scar_share > 0 and rng.random() < settings.scar_share
+    draw_mask = scar_mask if scar else anomaly_mask
+    mask = draw_mask(rng, (height, width), settings.min_coverage, settings.max_coverage)
     kinds = TEXTURES if other is not None else TEXTURES[:-1]
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "shifted":

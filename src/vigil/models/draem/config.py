@@ -51,6 +51,8 @@ class DraemConfig(Strict):
     min_coverage: float = Field(0.005, gt=0, le=1)  # mask area share, drawn uniformly in between
     max_coverage: float = Field(0.25, gt=0, le=1)
     max_opacity: float = Field(0.8, ge=0, lt=1)  # weight of the original inside the mask: U(0, this)
+    # share of the anomalies shaped as thin scars (scratches, cracks) instead of Perlin blobs
+    scar_share: float = Field(0.0, ge=0, le=1)
     crop: int | None = Field(None, ge=8)  # train on random crops of this side (None: whole image)
     # losses
     ssim_weight: float = Field(1.0, ge=0)

@@ -150,7 +150,7 @@ def set_map_scales(network: DraemNetwork, images: ImageDataset, batch_size: int 
 
 def settings_of(cfg: DraemConfig) -> AnomalySettings:
     return AnomalySettings(cfg.anomaly_probability, cfg.min_coverage, cfg.max_coverage,
-                           cfg.max_opacity)
+                           cfg.max_opacity, cfg.scar_share)
 
 
 def draem_plan(
