@@ -42,20 +42,21 @@ def ssim_map(
                            device=prediction.device)
     gauss = torch.exp(-offsets.pow(2) / (2 * SSIM_SIGMA**2))
     gauss = (gauss / gauss.sum()).repeat(5 * channels, 1)  # (5C, 11): one row per moment map
-    moments = torch.cat([prediction, target, prediction * prediction, target * target,
-                         prediction * target], dim=1)
     r = SSIM_RADIUS
-    moments = F.pad(moments, (r, r, r, r), mode="reflect")
+    # padding commutes with the products, so only the 2C inputs are padded, not the 5C moments
+    pair = F.pad(torch.cat([prediction, target], dim=1), (r, r, r, r), mode="reflect")
+    padded_p, padded_t = pair[:, :channels], pair[:, channels:]
+    moments = torch.cat([pair, padded_p * padded_p, padded_t * padded_t, padded_p * padded_t],
+                        dim=1).contiguous(memory_format=torch.channels_last)
+    # oneDNN's grouped convolution is ~7x faster channels-last; the element-wise rest is faster
+    # on the contiguous planes than on the channel slices of a channels-last tensor
     moments = F.conv2d(moments, gauss[:, None, None, :], groups=5 * channels)
-    moments = F.conv2d(moments, gauss[:, None, :, None], groups=5 * channels)
+    moments = F.conv2d(moments, gauss[:, None, :, None], groups=5 * channels).contiguous()
     mu_p, mu_t, p2, t2, pt = moments.split(channels, dim=1)
-    var_p = (p2 - mu_p.pow(2)).clamp_min(0)
-    var_t = (t2 - mu_t.pow(2)).clamp_min(0)
-    cov = pt - mu_p * mu_t
+    mu_pt, mu_pp, mu_tt = mu_p * mu_t, mu_p * mu_p, mu_t * mu_t
+    var_sum = (p2 - mu_pp).clamp_min(0) + (t2 - mu_tt).clamp_min(0)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    return ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / (
-        (mu_p.pow(2) + mu_t.pow(2) + c1) * (var_p + var_t + c2)
-    )
+    return ((2 * mu_pt + c1) * (2 * (pt - mu_pt) + c2)) / ((mu_pp + mu_tt + c1) * (var_sum + c2))
 
 
 def _gradient_magnitude(x: torch.Tensor) -> torch.Tensor:

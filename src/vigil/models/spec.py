@@ -38,12 +38,16 @@ def model_spec(
     *,
     prep: ImagePrep,
 ) -> dict[str, Any]:
-    """The JSON-able spec stored in ``model.json`` (and inside the detector's JSON)."""
+    """The JSON-able spec stored in ``model.json`` (and inside the detector's JSON). Knobs that
+    depend on the image size (a config's ``at_size``, e.g. draem's ``seg_stride: auto``) are
+    stored resolved, so the spec alone rebuilds the same network."""
     fam = _family(family)
     if not isinstance(model_cfg, fam.config):
         raise ModelSpecError(
             f"family {family!r} needs a {fam.config.__name__}, got {type(model_cfg).__name__}"
         )
+    if hasattr(model_cfg, "at_size"):
+        model_cfg = model_cfg.at_size(int(image_size[0]), int(image_size[1]))
     return {
         "format": SPEC_FORMAT,
         "family": family,

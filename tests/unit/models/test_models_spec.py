@@ -95,6 +95,23 @@ def test_a_spec_saved_before_a_knob_existed_loads_with_the_value_it_was_trained_
     assert DraemConfig().heat_map == "auto"
 
 
+@pytest.mark.parametrize("size,stride", [((128, 128), 1), ((256, 320), 2), ((255, 512), 1)])
+def test_draem_seg_stride_auto_is_stored_resolved_by_the_image_size(size, stride):
+    from vigil.models.draem.config import HALF_RES_SEG_SIDE, DraemConfig
+    from vigil.models.draem.network import DraemNetwork
+
+    cfg = DraemConfig(depth=2, filters=4, latent_channels=4, seg_filters=4, seg_depth=2)
+    assert cfg.seg_stride == "auto" and HALF_RES_SEG_SIDE == 256
+    spec = model_spec("draem", 1, size, cfg, prep=ImagePrep(size=size, channels=1))
+    assert spec["model"]["seg_stride"] == stride
+    assert build_model(spec).segmenter.stride == stride
+    pinned = model_spec("draem", 1, size, cfg.model_copy(update={"seg_stride": 1}),
+                        prep=ImagePrep(size=size, channels=1))
+    assert pinned["model"]["seg_stride"] == 1  # a set stride is kept whatever the size
+    with pytest.raises(ValueError, match="at_size"):
+        DraemNetwork(1, cfg)  # unresolved: the network cannot know the size
+
+
 def test_families_are_found_by_name_with_their_records():
     assert {"conv_ae", "convlstm"} <= set(known_families())
     image, video = get_family("conv_ae"), get_family("convlstm")

@@ -22,7 +22,7 @@ from vigil.registry.package import load_detector, save_package
 from vigil.training import fit
 
 TINY_DRAEM = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2,
-              "crop": 24}
+              "seg_stride": 1, "crop": 24}
 
 
 def draem_params(**train):

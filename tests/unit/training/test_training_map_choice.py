@@ -30,7 +30,8 @@ from vigil.models.future_frame.network import FutureFramePredictor
 from vigil.models.registry import get_family
 from vigil.models.spec import model_spec
 
-TINY = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2}
+TINY = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2,
+        "seg_stride": 1}
 
 
 def _detector(

@@ -12,6 +12,10 @@ from vigil.models.error_maps import ErrorMapKind
 # the anomaly maps a trained network can output; the first is what ``auto`` reads as until the
 # evaluate stage chooses one on the labelled tune split
 ANOMALY_MAPS = ("fused", "segmentation", "reconstruction")
+# from this shorter image side up, seg_stride auto runs the U-Net at half resolution: its cost
+# grows with the pixel count (4x from 128 to 256 px), and within a wall-clock training budget
+# the half-resolution net scored better (README, "Image quality")
+HALF_RES_SEG_SIDE = 256
 AnomalyMap = Literal["auto", "fused", "segmentation", "reconstruction"]
 HeatMap = Literal["auto", "same", "fused", "segmentation", "reconstruction"]
 
@@ -28,7 +32,9 @@ class DraemConfig(Strict):
     # discriminative (segmentation) network
     seg_filters: int = Field(8, ge=1)  # first level; doubled per level, capped at 128
     seg_depth: int = Field(4, ge=1, le=5)
-    seg_stride: Literal[1, 2] = 1  # 2: the U-Net runs at half resolution (a stride-2 stem)
+    # 2: the U-Net runs at half resolution (a stride-2 stem); auto: 2 for images whose shorter
+    # side is >= HALF_RES_SEG_SIDE, else 1 (resolved by ``at_size`` when the model spec is made)
+    seg_stride: Literal["auto", 1, 2] = "auto"
     # how the U-Net's decoder meets each skip: add (a 1x1 lateral, summed; 3x fewer decoder
     # FLOPs and as good on the tiles at equal epochs and better at equal time: README) or concat
     seg_decoder: Literal["concat", "add"] = "add"
@@ -52,12 +58,19 @@ class DraemConfig(Strict):
     max_coverage: float = Field(0.25, gt=0, le=1)
     max_opacity: float = Field(0.8, ge=0, lt=1)  # weight of the original inside the mask: U(0, this)
     # share of the anomalies shaped as thin scars (scratches, cracks) instead of Perlin blobs
-    scar_share: float = Field(0.0, ge=0, le=1)
+    scar_share: float = Field(0.3, ge=0, le=1)
     crop: int | None = Field(None, ge=8)  # train on random crops of this side (None: whole image)
     # losses
     ssim_weight: float = Field(1.0, ge=0)
     focal_gamma: float = Field(2.0, ge=0)
     seg_weight: float = Field(1.0, ge=0)
+
+    def at_size(self, height: int, width: int) -> DraemConfig:
+        """This config for images of ``height`` x ``width``: ``seg_stride: auto`` resolved."""
+        if self.seg_stride != "auto":
+            return self
+        stride = 2 if min(height, width) >= HALF_RES_SEG_SIDE else 1
+        return self.model_copy(update={"seg_stride": stride})
 
     @model_validator(mode="after")
     def _coverage_range(self) -> DraemConfig:

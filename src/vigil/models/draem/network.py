@@ -144,6 +144,9 @@ class DraemNetwork(nn.Module):
         self, in_channels: int, cfg: DraemConfig, output: OutputActivation = "sigmoid"
     ) -> None:
         super().__init__()
+        if cfg.seg_stride == "auto":
+            raise ValueError("draem's seg_stride 'auto' depends on the image size: resolve it "
+                             "with DraemConfig.at_size (model_spec does) before building")
         self.in_channels = in_channels
         self.cfg = cfg
         self.depth = cfg.depth
