@@ -14,7 +14,7 @@ from vigil.models.error_maps import ErrorMapKind
 ANOMALY_MAPS = ("fused", "segmentation", "reconstruction")
 # from this shorter image side up, seg_stride auto runs the U-Net at half resolution: its cost
 # grows with the pixel count (4x from 128 to 256 px), and within a wall-clock training budget
-# the half-resolution net scored better (README, "Image quality")
+# the half-resolution net scored better (README, "Half-resolution segmentation net")
 HALF_RES_SEG_SIDE = 256
 AnomalyMap = Literal["auto", "fused", "segmentation", "reconstruction"]
 HeatMap = Literal["auto", "same", "fused", "segmentation", "reconstruction"]
