@@ -101,10 +101,15 @@ def anomaly_mask(
     top = max(0, int(math.log2(max(1, min(shape) // 4))))
     res = (2 ** int(rng.integers(0, min(top, 4) + 1)), 2 ** int(rng.integers(0, min(top, 4) + 1)))
     noise = perlin_noise(rng, shape, res)
-    n_on = _coverage_pixels(rng, shape, min_coverage, max_coverage)
-    flat = noise.ravel()
+    return _highest(noise, _coverage_pixels(rng, shape, min_coverage, max_coverage))
+
+
+def _highest(field: np.ndarray, n_on: int) -> np.ndarray:
+    """Binary float32 mask of ``field``'s ``n_on`` highest values (H, W) (ties at the cut all
+    count: the fields here are continuous noise, so there are none in practice)."""
+    flat = field.ravel()
     cut = np.partition(flat, flat.size - n_on)[flat.size - n_on]  # the n_on-th highest value
-    return (noise >= cut).astype(np.float32)
+    return (field >= cut).astype(np.float32)
 
 
 def _coverage_pixels(
@@ -141,9 +146,7 @@ def scar_mask(
     lattice = max(1, side // 8)
     # continuous jitter: also breaks the distance's many ties, so the cut leaves n_on pixels
     field = distance + SCAR_RAGGEDNESS * perlin_noise(rng, shape, (lattice, lattice))
-    flat = field.ravel()
-    cut = np.partition(flat, n_on - 1)[n_on - 1]  # the n_on-th lowest value
-    return (field <= cut).astype(np.float32)
+    return _highest(-field, n_on)  # the n_on pixels nearest the line
 
 
 def _two_colours(rng: np.random.Generator, channels: int) -> tuple[np.ndarray, np.ndarray]:
