@@ -87,29 +87,35 @@ def test_a_spec_saved_before_a_knob_existed_loads_with_the_value_it_was_trained_
     save_trained(tmp_path, build_model(spec), spec)
     del spec["model"]["seg_decoder"]  # written before the knob existed, when concat was the only
     del spec["model"]["heat_map"]  # and before the heat map could differ from the scored map
+    del spec["model"]["error_stride"]  # and before the error map could run at half resolution
     (tmp_path / "model.json").write_text(json.dumps(spec))
     _, loaded_spec = load_trained(tmp_path)
     assert model_config(loaded_spec).seg_decoder == "concat"
     assert model_config(loaded_spec).heat_map == "same"
+    assert model_config(loaded_spec).error_stride == 1
     assert DraemConfig().seg_decoder == "add"  # while new models get the current defaults
     assert DraemConfig().heat_map == "auto"
 
 
 @pytest.mark.parametrize("size,stride", [((128, 128), 1), ((256, 320), 2), ((255, 512), 1)])
-def test_draem_seg_stride_auto_is_stored_resolved_by_the_image_size(size, stride):
+def test_draem_auto_strides_are_stored_resolved_by_the_image_size(size, stride):
     from vigil.models.draem.config import HALF_RES_SEG_SIDE, DraemConfig
     from vigil.models.draem.network import DraemNetwork
 
     cfg = DraemConfig(depth=2, filters=4, latent_channels=4, seg_filters=4, seg_depth=2)
-    assert cfg.seg_stride == "auto" and HALF_RES_SEG_SIDE == 256
+    assert cfg.seg_stride == cfg.error_stride == "auto" and HALF_RES_SEG_SIDE == 256
     spec = model_spec("draem", 1, size, cfg, prep=ImagePrep(size=size, channels=1))
-    assert spec["model"]["seg_stride"] == stride
-    assert build_model(spec).segmenter.stride == stride
-    pinned = model_spec("draem", 1, size, cfg.model_copy(update={"seg_stride": 1}),
+    assert spec["model"]["seg_stride"] == spec["model"]["error_stride"] == stride
+    network = build_model(spec)
+    assert network.segmenter.stride == network.cfg.error_stride == stride
+    pinned = model_spec("draem", 1, size,
+                        cfg.model_copy(update={"seg_stride": 1, "error_stride": 1}),
                         prep=ImagePrep(size=size, channels=1))
-    assert pinned["model"]["seg_stride"] == 1  # a set stride is kept whatever the size
-    with pytest.raises(ValueError, match="at_size"):
-        DraemNetwork(1, cfg)  # unresolved: the network cannot know the size
+    assert pinned["model"]["seg_stride"] == pinned["model"]["error_stride"] == 1  # set: kept
+    for knob in ("seg_stride", "error_stride"):
+        unresolved = cfg.model_copy(update={"seg_stride": 1, "error_stride": 1, knob: "auto"})
+        with pytest.raises(ValueError, match=f"{knob}.*at_size"):
+            DraemNetwork(1, unresolved)  # unresolved: the network cannot know the size
 
 
 def test_families_are_found_by_name_with_their_records():

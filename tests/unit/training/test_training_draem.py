@@ -8,6 +8,7 @@ import mlflow
 import pytest
 import numpy as np
 import torch
+import torch.nn.functional as F
 from conftest import make_image_dataset
 
 from vigil.config import SCORES, parse_params
@@ -17,12 +18,13 @@ from vigil.evaluation.evaluate import evaluate
 from vigil.evaluation.splits import score_split
 from vigil.models.draem.config import DraemConfig
 from vigil.models.draem.network import DraemNetwork
+from vigil.models.error_maps import error_map
 from vigil.models.registry import get_family
 from vigil.registry.package import load_detector, save_package
 from vigil.training import fit
 
 TINY_DRAEM = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2,
-              "seg_stride": 1, "crop": 24}
+              "seg_stride": 1, "error_stride": 1, "crop": 24}
 
 
 def draem_params(**train):
@@ -59,6 +61,24 @@ def test_a_stride_2_segmentation_net_runs_at_half_resolution_and_maps_the_input_
     assert seen == [(16, 20)]  # the padded 32 x 40, halved by the stem
     assert out.error_map.shape == (2, 1, 30, 36)
     assert 0 <= float(out.error_map.min()) and float(out.error_map.max()) <= 1
+
+
+def test_a_stride_2_error_map_is_the_error_of_the_halved_images_upsampled():
+    cfg = DraemConfig(**{**TINY_DRAEM, "anomaly_map": "reconstruction"})
+    full = DraemNetwork(1, cfg).eval()
+    half = DraemNetwork(1, cfg.model_copy(update={"error_stride": 2})).eval()
+    half.load_state_dict(full.state_dict())
+    x = torch.rand(2, 1, 30, 36)
+    with torch.no_grad():
+        reconstruction = full(x).reconstruction
+        out = half(x)
+    assert torch.equal(out.reconstruction, reconstruction)  # only the map changes
+    coarse = error_map(F.avg_pool2d(x, 2), F.avg_pool2d(reconstruction, 2), cfg.error_map)
+    assert out.error_map.shape == (2, 1, 30, 36)
+    assert torch.allclose(out.error_map, F.interpolate(coarse, size=(30, 36), mode="bilinear"))
+    odd = torch.rand(1, 1, 31, 37)  # an odd side keeps its last row and column
+    with torch.no_grad():
+        assert half(odd).error_map.shape == (1, 1, 31, 37)
 
 
 def test_an_additive_decoder_has_fewer_weights_and_maps_the_input_size():

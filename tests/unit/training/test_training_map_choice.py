@@ -31,7 +31,7 @@ from vigil.models.registry import get_family
 from vigil.models.spec import model_spec
 
 TINY = {"depth": 2, "filters": 4, "latent_channels": 4, "seg_filters": 4, "seg_depth": 2,
-        "seg_stride": 1}
+        "seg_stride": 1, "error_stride": 1}
 
 
 def _detector(

@@ -17,6 +17,6 @@ FAMILY = Family(
     map_knob="anomaly_map",
     map_choices=ANOMALY_MAPS,
     heat_knob="heat_map",
-    # the defaults before the additive decoder and the separate heat map
-    spec_defaults=(("seg_decoder", "concat"), ("heat_map", "same")),
+    # the defaults before the additive decoder, the separate heat map and error_stride
+    spec_defaults=(("seg_decoder", "concat"), ("heat_map", "same"), ("error_stride", 1)),
 )

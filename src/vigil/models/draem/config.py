@@ -35,6 +35,10 @@ class DraemConfig(Strict):
     # 2: the U-Net runs at half resolution (a stride-2 stem); auto: 2 for images whose shorter
     # side is >= HALF_RES_SEG_SIDE, else 1 (resolved by ``at_size`` when the model spec is made)
     seg_stride: Literal["auto", 1, 2] = "auto"
+    # 2: the reconstruction error map (error_map) is computed on 2x2-averaged images and
+    # upsampled, a quarter of the work (SSIM was a third of a fused map's inference at 256x256
+    # on 2 cores); auto: as seg_stride's auto. The training losses stay at full resolution.
+    error_stride: Literal["auto", 1, 2] = "auto"
     # how the U-Net's decoder meets each skip: add (a 1x1 lateral, summed; 3x fewer decoder
     # FLOPs and as good on the tiles at equal epochs and better at equal time: README) or concat
     seg_decoder: Literal["concat", "add"] = "add"
@@ -66,11 +70,11 @@ class DraemConfig(Strict):
     seg_weight: float = Field(1.0, ge=0)
 
     def at_size(self, height: int, width: int) -> DraemConfig:
-        """This config for images of ``height`` x ``width``: ``seg_stride: auto`` resolved."""
-        if self.seg_stride != "auto":
-            return self
+        """This config for images of ``height`` x ``width``: the ``auto`` strides resolved."""
         stride = 2 if min(height, width) >= HALF_RES_SEG_SIDE else 1
-        return self.model_copy(update={"seg_stride": stride})
+        update = {knob: stride for knob in ("seg_stride", "error_stride")
+                  if getattr(self, knob) == "auto"}
+        return self.model_copy(update=update) if update else self
 
     @model_validator(mode="after")
     def _coverage_range(self) -> DraemConfig:

@@ -144,9 +144,10 @@ class DraemNetwork(nn.Module):
         self, in_channels: int, cfg: DraemConfig, output: OutputActivation = "sigmoid"
     ) -> None:
         super().__init__()
-        if cfg.seg_stride == "auto":
-            raise ValueError("draem's seg_stride 'auto' depends on the image size: resolve it "
-                             "with DraemConfig.at_size (model_spec does) before building")
+        for knob in ("seg_stride", "error_stride"):
+            if getattr(cfg, knob) == "auto":
+                raise ValueError(f"draem's {knob} 'auto' depends on the image size: resolve it "
+                                 "with DraemConfig.at_size (model_spec does) before building")
         self.in_channels = in_channels
         self.cfg = cfg
         self.depth = cfg.depth
@@ -197,7 +198,13 @@ class DraemNetwork(nn.Module):
         return mean_filter(torch.sigmoid(logits), self.smoothing_kernel(*logits.shape[-2:]))
 
     def _rec_error(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        return error_map(x, reconstruction, self.cfg.error_map, self.data_range)
+        """x, reconstruction (B, C, H, W) -> error map (B, 1, H, W); with ``error_stride`` 2
+        computed on 2x2 means of both and upsampled bilinearly."""
+        if self.cfg.error_stride == 1:
+            return error_map(x, reconstruction, self.cfg.error_map, self.data_range)
+        halves = [F.avg_pool2d(image, 2, ceil_mode=True) for image in (x, reconstruction)]
+        coarse = error_map(*halves, self.cfg.error_map, self.data_range)
+        return F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (reconstruction (B, C, H, W), smoothed anomaly probability
