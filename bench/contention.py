@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/contention.py [--competitors 2] [--train-images 160] [--requests 300]
 
-Each workload is measured twice in one run, in fresh processes:
+Each workload is measured three times in one run, in fresh processes:
 
 - ``vigil``: the process imports vigil first, as every entry point does, so torch loads with
-  ``OMP_WAIT_POLICY=PASSIVE`` and ``OMP_NUM_THREADS`` = usable cores (``vigil.threads``);
-- ``torch default``: the same code with torch imported before vigil and neither variable set,
-  i.e. libgomp's default spin-waiting (what every stage ran with before).
+  a short ``GOMP_SPINCOUNT`` and ``OMP_NUM_THREADS`` = usable cores (``vigil.threads``);
+- ``passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (threads never spin; vigil's
+  previous default);
+- ``torch default``: the same code with torch imported before vigil and no variable set,
+  i.e. libgomp's default spin-waiting (what every stage ran with before either).
 
 Training: the real ``vigil.training.fit`` (1 epoch, default model of params.yaml, MLflow on a
 throw-away SQLite store) on a synthetic image set prepared by the real prepare stage; the figure
@@ -40,15 +42,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 import vigil  # noqa: E402,F401  (first: OpenMP defaults before torch loads, see vigil.threads)
 
-POLICIES = ("vigil", "torch default")
-OMP_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")
+POLICIES = ("vigil", "passive", "torch default")
+OMP_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 # the child's first line: for the baseline, torch loads before vigil can set its defaults
-PRELUDE = {"vigil": "import vigil", "torch default": "import torch; import vigil"}
+PRELUDE = {"vigil": "import vigil", "passive": "import vigil",
+           "torch default": "import torch; import vigil"}
+# what the child's environment sets besides: "passive" is vigil's previous default
+POLICY_ENV = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def child_env(policy: str, work: Path) -> dict[str, str]:
-    """The environment of a measured process: no OpenMP variables from the caller."""
+    """The environment of a measured process: no OpenMP variables from the caller, the
+    policy's own."""
     env = {k: v for k, v in os.environ.items() if k not in OMP_VARIABLES}
+    env.update(POLICY_ENV.get(policy, {}))
     env.update(
         MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
         MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK="true",
@@ -384,12 +391,14 @@ def main() -> int:
     print(json.dumps(report, indent=2))
     for part, unit in (("train", "steps/s"), ("serve", "req/s")):
         if part in report:
-            ours, base = report[part]["vigil"], report[part]["torch default"]
-            print(
-                f"{part}: slowdown next to {args.competitors} competitors {ours['slowdown']}x "
-                f"(torch default {base['slowdown']}x); vigil vs torch default: "
-                f"{ours['idle'] / base['idle']:.2f}x idle, {ours['busy'] / base['busy']:.2f}x busy"
-            )
+            ours = report[part]["vigil"]
+            for name in POLICIES[1:]:
+                base = report[part][name]
+                print(
+                    f"{part}: slowdown next to {args.competitors} competitors {ours['slowdown']}x "
+                    f"({name} {base['slowdown']}x); vigil vs {name}: {ours['idle'] / base['idle']:.2f}x "
+                    f"idle, {ours['busy'] / base['busy']:.2f}x busy"
+                )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -1,8 +1,9 @@
 """OpenMP defaults (``vigil.threads``): set before torch loads in every entry point, user values kept.
 
 Each check runs a fresh interpreter (libgomp reads the variables once, when torch loads) with
-``OMP_WAIT_POLICY`` and ``OMP_NUM_THREADS`` removed from its environment. An audit hook records
-the environment at the moment ``torch`` is first imported and whether ``vigil`` was loaded then.
+``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` and ``OMP_NUM_THREADS`` removed from its environment.
+An audit hook records the environment at the moment ``torch`` is first imported and whether
+``vigil`` was loaded then.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import pytest
 from vigil import threads
 
 ROOT = Path(__file__).resolve().parents[2]
+OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+SPIN = str(threads.SPIN_COUNT)
 
 PROBE = r"""
 import importlib, importlib.metadata, importlib.util, json, os, runpy, sys
 seen = {}
 def hook(event, args):
     if event == "import" and args[0] == "torch" and "torch" not in seen:
-        seen["torch"] = {"policy": os.environ.get("OMP_WAIT_POLICY"),
+        seen["torch"] = {"spin": os.environ.get("GOMP_SPINCOUNT"),
                          "vigil_loaded": "vigil" in sys.modules}
 sys.addaudithook(hook)
 kind, target = sys.argv[1], sys.argv[2]
@@ -55,7 +58,7 @@ print(json.dumps(report))
 
 
 def _probe(kind: str, target: str, *extra: str, then_torch: bool = False, **env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    clean = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-c", PROBE, kind, target, "--then-torch" if then_torch else "-", *extra],
         cwd=ROOT,
@@ -72,15 +75,15 @@ def _probe(kind: str, target: str, *extra: str, then_torch: bool = False, **env:
 def _assert_first(report: dict, entry: str, *, at_top_level: bool = True) -> None:
     """vigil loaded by the entry's top level, so everything the entry runs afterwards (its
     ``main``, lazy ``import torch`` included) runs with the defaults; a torch import during the
-    top level came after vigil's; the first torch import, when probed, saw PASSIVE."""
+    top level came after vigil's; the first torch import, when probed, saw the spin count."""
     top = report["top_level"]
     if at_top_level:
         assert top["vigil_loaded"], f"{entry} does not import vigil at its top level"
     if top["torch_seen"] is not None:
         assert top["torch_seen"]["vigil_loaded"], f"{entry} imports torch before vigil"
-        assert top["torch_seen"]["policy"] == "PASSIVE", f"{entry}: torch loaded without it"
+        assert top["torch_seen"]["spin"] == SPIN, f"{entry}: torch loaded without it"
     if "torch" in report:
-        assert report["torch"]["policy"] == "PASSIVE", f"{entry}: torch loaded without it"
+        assert report["torch"]["spin"] == SPIN, f"{entry}: torch loaded without it"
 
 
 # every DVC stage entry, and the benchmarks that run torch themselves (bench/pipeline.py and
@@ -114,7 +117,7 @@ def test_pyfunc_model_under_mlflow_serve_loads_vigil_before_torch(tmp_path):
 
 def _vigil_env(code: str, **env: str) -> list[str]:
     """Run ``code`` in a fresh interpreter without the two variables (plus ``env``)."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    clean = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**clean, **env},
@@ -126,8 +129,14 @@ def _vigil_env(code: str, **env: str) -> list[str]:
 
 
 def test_user_settings_are_kept():
-    code = "import os, vigil; print(os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'])"
-    assert _vigil_env(code, OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="3") == ["ACTIVE", "3"]
+    code = ("import os, vigil; print(os.environ.get('OMP_WAIT_POLICY'), "
+            "os.environ.get('GOMP_SPINCOUNT'), os.environ['OMP_NUM_THREADS'])")
+    assert _vigil_env(code) == ["None", SPIN, str(threads.usable_cpus())]
+    # a wait policy the user chose is not overridden by a spin count (libgomp lets
+    # GOMP_SPINCOUNT win over OMP_WAIT_POLICY)
+    assert _vigil_env(code, OMP_WAIT_POLICY="PASSIVE") == ["PASSIVE", "None",
+                                                           str(threads.usable_cpus())]
+    assert _vigil_env(code, GOMP_SPINCOUNT="5", OMP_NUM_THREADS="3") == ["None", "5", "3"]
 
 
 def test_thread_count_follows_the_cpu_affinity():
